@@ -1,0 +1,266 @@
+package contracttests
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/paissive/go-eventbus/eventbus"
+)
+
+// countingHandler counts its calls and returns err on each.
+func countingHandler(calls *atomic.Int32, err error) eventbus.Handler {
+	return func(context.Context, eventbus.Event) error {
+		calls.Add(1)
+		return err
+	}
+}
+
+// testRetriesThenPoison: a handler that always fails is called exactly
+// MaxAttempts times, then the event is in the poison queue with the
+// failure headers. Poison inside retry would call it once.
+func testRetriesThenPoison(e *env) {
+	b := e.bus("exhaust")
+	var calls atomic.Int32
+	e.subscribe(b, "always.fails", countingHandler(&calls, errors.New("database is down")), eventbus.SubscriptionName("failing-sub"))
+	e.start(b)
+	ev := e.event("always.fails", nil)
+	before := time.Now().Add(-time.Second)
+	e.publish(b, ev)
+	p := e.waitPoisoned(b, ev.ID)
+	if n := calls.Load(); n != int32(fastPolicy.MaxAttempts) {
+		e.t.Errorf("handler called %d times, want MaxAttempts = %d", n, fastPolicy.MaxAttempts)
+	}
+	if p.Reason != "retries-exhausted" || p.Attempts != fastPolicy.MaxAttempts || p.Subscription != "failing-sub" ||
+		p.Pattern != "always.fails" || !strings.Contains(p.Error, "database is down") ||
+		p.Headers[eventbus.HeaderPoisonService] != e.service("exhaust") {
+		e.t.Errorf("poison record: reason %q attempts %d subscription %q pattern %q error %q service %q",
+			p.Reason, p.Attempts, p.Subscription, p.Pattern, p.Error, p.Headers[eventbus.HeaderPoisonService])
+	}
+	if p.FirstFailure.Before(before) || p.LastFailure.Before(p.FirstFailure) {
+		e.t.Errorf("failure times: first %v, last %v", p.FirstFailure, p.LastFailure)
+	}
+	if p.Event.ID != ev.ID || p.Event.Name != ev.Name || string(p.Event.Data) != string(ev.Data) {
+		e.t.Errorf("poisoned event lost its envelope: %+v", p.Event)
+	}
+}
+
+// testPermanentError: a permanent error goes to poison after one call.
+func testPermanentError(e *env) {
+	b := e.bus("permanent")
+	var calls atomic.Int32
+	e.subscribe(b, "bad.input", countingHandler(&calls, eventbus.Permanent(errors.New("malformed order"))))
+	e.start(b)
+	ev := e.event("bad.input", nil)
+	e.publish(b, ev)
+	p := e.waitPoisoned(b, ev.ID)
+	if n := calls.Load(); n != 1 {
+		e.t.Errorf("handler called %d times for a permanent error, want 1", n)
+	}
+	if p.Reason != "permanent" || p.Attempts != 1 {
+		e.t.Errorf("poison record: reason %q attempts %d, want permanent after 1", p.Reason, p.Attempts)
+	}
+}
+
+// testPanic: a panicking handler's event goes to poison with the stack;
+// the consumer keeps handling the next event.
+func testPanic(e *env) {
+	b := e.bus("panic")
+	r := newRecorder()
+	e.subscribe(b, "panic.#", func(ctx context.Context, ev eventbus.Event) error {
+		if ev.Name == "panic.now" {
+			panic("handler exploded")
+		}
+		return r.handle(ctx, ev)
+	})
+	e.start(b)
+	bad := e.event("panic.now", nil)
+	e.publish(b, bad)
+	p := e.waitPoisoned(b, bad.ID)
+	if p.Reason != "panic" || !strings.Contains(p.Error, "handler exploded") || !strings.Contains(p.Error, "goroutine") {
+		e.t.Errorf("poison record of a panic: reason %q, error %q; want reason panic and the stack", p.Reason, p.Error)
+	}
+	next := e.event("panic.after", nil)
+	e.publish(b, next)
+	e.waitFor("the event after a panic", func() bool { return r.has(next.ID) }, func() string { return "consumer stopped" })
+}
+
+// testReplay: an event poisoned by one subscription is replayed to that
+// subscription only, keeps its ID and correlation, and is handled once the
+// handler is fixed.
+func testReplay(e *env) {
+	b := e.bus("replay")
+	var fixed atomic.Bool
+	failing, healthy := newRecorder(), newRecorder()
+	e.subscribe(b, "invoice.#", func(ctx context.Context, ev eventbus.Event) error {
+		if !fixed.Load() {
+			return errors.New("bug in handler")
+		}
+		return failing.handle(ctx, ev)
+	}, eventbus.SubscriptionName("fragile"))
+	e.subscribe(b, "invoice.#", healthy.handle, eventbus.SubscriptionName("healthy"))
+	e.start(b)
+	ev := e.event("invoice.created", nil, eventbus.WithCorrelationID("corr-replay"))
+	e.publish(b, ev)
+	e.waitPoisoned(b, ev.ID)
+	e.waitFor("healthy subscription", func() bool { return healthy.has(ev.ID) }, func() string { return "not delivered" })
+
+	fixed.Store(true)
+	n, err := b.Replay(e.ctx(), ev.ID)
+	if err != nil || n != 1 {
+		e.t.Fatalf("Replay: %d, %v; want 1, nil", n, err)
+	}
+	e.waitFor("replayed event handled", func() bool { return failing.has(ev.ID) }, func() string { return "not replayed" })
+	got := failing.snapshot()[0]
+	if got.CorrelationID != "corr-replay" || got.ID != ev.ID {
+		e.t.Errorf("replayed event: id %s correlation %q; want %s, corr-replay", got.ID, got.CorrelationID, ev.ID)
+	}
+	// A fence behind the replay: once the healthy subscription has it, a
+	// replay wrongly sent to every subscriber would have arrived too.
+	fence := e.event("invoice.fence", nil)
+	e.publish(b, fence)
+	e.waitFor("fence", func() bool { return healthy.has(fence.ID) }, func() string { return "not delivered" })
+	if n := healthy.times(ev.ID); n != 1 {
+		e.t.Errorf("healthy subscription got the event %d times; replay must reach only the failing one", n)
+	}
+	if ps, err := b.Poisoned(e.ctx()); err != nil || len(ps) != 0 {
+		e.t.Errorf("poison queue after replay: %d events, %v; want empty", len(ps), err)
+	}
+}
+
+// testPurge: PurgePoison with IDs removes those; without, everything.
+func testPurge(e *env) {
+	b := e.bus("purge")
+	e.subscribe(b, "junk.#", func(context.Context, eventbus.Event) error { return eventbus.Permanent(errors.New("junk")) })
+	e.start(b)
+	evs := []eventbus.Event{e.event("junk.a", nil), e.event("junk.b", nil), e.event("junk.c", nil)}
+	e.publish(b, evs...)
+	for _, ev := range evs {
+		e.waitPoisoned(b, ev.ID)
+	}
+	if err := b.PurgePoison(e.ctx(), evs[0].ID); err != nil {
+		e.t.Fatalf("PurgePoison(id): %v", err)
+	}
+	ps, err := b.Poisoned(e.ctx())
+	if err != nil || len(ps) != 2 {
+		e.t.Fatalf("after purging one: %d poisoned, %v; want 2", len(ps), err)
+	}
+	for _, p := range ps {
+		if p.Event.ID == evs[0].ID {
+			e.t.Errorf("purged event %s still listed", evs[0].ID)
+		}
+	}
+	if err := b.PurgePoison(e.ctx()); err != nil {
+		e.t.Fatalf("PurgePoison(): %v", err)
+	}
+	if ps, err := b.Poisoned(e.ctx()); err != nil || len(ps) != 0 {
+		e.t.Errorf("after purging all: %d poisoned, %v; want 0", len(ps), err)
+	}
+}
+
+// testCorrelation: A handles an event and publishes another with its ctx;
+// B's handler sees A's correlation ID and causation = the first event's ID.
+func testCorrelation(e *env) {
+	a, bb := e.bus("corr-a"), e.bus("corr-b")
+	e.subscribe(a, "step.one", func(ctx context.Context, ev eventbus.Event) error {
+		next, err := eventbus.NewEvent("step.two", "corr-a", eventbus.Domain, map[string]string{"from": ev.ID})
+		if err != nil {
+			return err
+		}
+		return a.Publish(ctx, next)
+	})
+	type seen struct{ corr, cause, ctxCorr string }
+	got := make(chan seen, 1)
+	e.subscribe(bb, "step.two", func(ctx context.Context, ev eventbus.Event) error {
+		got <- seen{ev.CorrelationID, ev.CausationID, eventbus.CorrelationID(ctx)}
+		return nil
+	})
+	e.start(a)
+	e.start(bb)
+	first := e.event("step.one", nil, eventbus.WithCorrelationID("order-42"))
+	e.publish(a, first)
+	select {
+	case s := <-got:
+		if s.corr != "order-42" || s.cause != first.ID || s.ctxCorr != "order-42" {
+			e.t.Errorf("second hop: correlation %q, causation %q, ctx correlation %q; want order-42, %s, order-42", s.corr, s.cause, s.ctxCorr, first.ID)
+		}
+	case <-time.After(e.timeout):
+		e.t.Fatal("second hop never handled")
+	}
+	// Without a correlation ID an event is its own correlation.
+	solo := make(chan string, 1)
+	e.subscribe(bb, "step.solo", func(ctx context.Context, ev eventbus.Event) error {
+		solo <- ev.CorrelationID
+		return nil
+	})
+	ev := e.event("step.solo", nil)
+	e.publish(a, ev)
+	select {
+	case c := <-solo:
+		if c != ev.ID {
+			e.t.Errorf("event without correlation: got %q, want its own ID %s", c, ev.ID)
+		}
+	case <-time.After(e.timeout):
+		e.t.Fatal("solo event never handled")
+	}
+}
+
+// testIdempotency: with an idempotency window, a second delivery of a
+// handled event does not run the handler again.
+func testIdempotency(e *env) {
+	b := e.busWith(eventbus.Config{ServiceName: e.service("idem"), Policy: eventbus.Policy{
+		MaxAttempts: 3, InitialBackoff: 5 * time.Millisecond, IdempotencyWindow: time.Minute,
+	}})
+	r := newRecorder()
+	e.subscribe(b, "pay.#", r.handle)
+	e.start(b)
+	ev := e.event("pay.charge", nil, eventbus.WithPartitionKey("k"))
+	e.publish(b, ev)
+	e.waitFor("first delivery", func() bool { return r.has(ev.ID) }, func() string { return "not delivered" })
+	e.publish(b, ev) // the same event again, as a redelivery would bring it
+	fence := e.event("pay.fence", nil, eventbus.WithPartitionKey("k"))
+	e.publish(b, fence)
+	e.waitFor("fence", func() bool { return r.has(fence.ID) }, func() string { return "not delivered" })
+	if n := r.times(ev.ID); n != 1 {
+		e.t.Errorf("handler ran %d times for one event delivered twice, want 1", n)
+	}
+}
+
+// testRetryDelays: the delays between handler calls are the configured
+// exponential backoff.
+func testRetryDelays(e *env) {
+	pol := eventbus.Policy{MaxAttempts: 4, InitialBackoff: 60 * time.Millisecond, Multiplier: 2, MaxBackoff: time.Second, Jitter: 1e-9}
+	b := e.busWith(eventbus.Config{ServiceName: e.service("delays"), Policy: pol})
+	var mu sync.Mutex
+	var calls []time.Time
+	e.subscribe(b, "slow.retry", func(context.Context, eventbus.Event) error {
+		mu.Lock()
+		calls = append(calls, time.Now())
+		mu.Unlock()
+		return errors.New("fail")
+	})
+	e.start(b)
+	ev := e.event("slow.retry", nil)
+	e.publish(b, ev)
+	e.waitPoisoned(b, ev.ID)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != pol.MaxAttempts {
+		e.t.Fatalf("%d calls, want %d", len(calls), pol.MaxAttempts)
+	}
+	want := pol.InitialBackoff
+	var gaps []string
+	for i := 1; i < len(calls); i++ {
+		gap := calls[i].Sub(calls[i-1])
+		gaps = append(gaps, gap.Round(time.Millisecond).String())
+		// Timers never fire early; the upper slack absorbs a busy machine.
+		if gap < want*9/10 || gap > want+250*time.Millisecond {
+			e.t.Errorf("delay before call %d: %v, want about %v", i+1, gap, want)
+		}
+		want *= 2
+	}
+	e.t.Logf("measured delays %s for configured %v doubling", strings.Join(gaps, ", "), pol.InitialBackoff)
+}

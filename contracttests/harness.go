@@ -1,0 +1,45 @@
+// Package contracttests is the conformance suite for go-eventbus transports:
+// a transport that passes Run behaves, through the Bus, like the built-in
+// ones (same pattern semantics, fan-out, competing consumers, redelivery,
+// poison queue, correlation, graceful close).
+//
+// A transport's own test calls it with a Harness that hands out broker URLs:
+//
+//	func TestContract(t *testing.T) {
+//		contracttests.Run(t, contracttests.Harness{
+//			Name: "memory",
+//			URL:  func(t testing.TB) string { return "mem://" + t.Name() },
+//		})
+//	}
+package contracttests
+
+import (
+	"testing"
+	"time"
+)
+
+// Harness tells the suite how to reach a broker and what the transport can
+// do.
+type Harness struct {
+	// Name labels the transport in test output.
+	Name string
+
+	// URL returns a transport URL for one test. Every bus the test opens
+	// with it talks to the same namespace, and events published through it
+	// must not reach buses opened with the URL of another call (a fresh
+	// exchange, topic prefix or in-process broker per call), because the
+	// suite publishes bare names such as "completed" to test wildcards. It
+	// may register t.Cleanup to delete what the test declared.
+	URL func(t testing.TB) string
+
+	// RetainsUnroutable is true for transports that keep events no
+	// subscription matches (Kafka appends them to a topic) instead of
+	// reporting eventbus.ErrUnroutable from Publish.
+	RetainsUnroutable bool
+
+	// Timeout bounds each wait in the suite; zero means 30 seconds.
+	Timeout time.Duration
+
+	// Parallel runs the tests in parallel (t.Parallel).
+	Parallel bool
+}

@@ -1,0 +1,267 @@
+package contracttests
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/paissive/go-eventbus/eventbus"
+)
+
+// Run runs the whole suite against the transport the harness reaches. Each
+// test opens its own buses on a fresh URL with fresh service names.
+func Run(t *testing.T, h Harness) {
+	t.Helper()
+	if h.URL == nil {
+		t.Fatal("contracttests: Harness.URL is nil")
+	}
+	if h.Timeout == 0 {
+		h.Timeout = 30 * time.Second
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if h.Parallel {
+				t.Parallel()
+			}
+			tc.run(newEnv(t, h))
+		})
+	}
+}
+
+var tests = []struct {
+	name string
+	run  func(*env)
+}{
+	{"Patterns", testPatterns},
+	{"FanOutAcrossServices", testFanOut},
+	{"CompetingConsumers", testCompetingConsumers},
+	{"RedeliveryAfterHandlerError", testRedeliveryAfterError},
+	{"RedeliveryAfterCrash", testRedeliveryAfterCrash},
+	{"RestartMidStreamLosesNothing", testRestartMidStream},
+	{"ConcurrentPublishers", testConcurrentPublishers},
+	{"EnvelopeRoundTrip", testEnvelopeRoundTrip},
+	{"LargePayload", testLargePayload},
+	{"PublishAfterClose", testPublishAfterClose},
+	{"CloseWaitsForHandlers", testCloseWaitsForHandlers},
+	{"PublishContextCancelled", testPublishContextCancelled},
+	{"SubscribeBeforeAndAfterStart", testSubscribeBeforeAndAfterStart},
+	{"PublishWithoutStart", testPublishWithoutStart},
+	{"Unroutable", testUnroutable},
+	{"UndecodableMessage", testUndecodable},
+	{"RetriesThenPoison", testRetriesThenPoison},
+	{"PermanentErrorSkipsRetries", testPermanentError},
+	{"PanicIsPoisoned", testPanic},
+	{"ReplayReachesOnlyFailingSubscription", testReplay},
+	{"PurgePoison", testPurge},
+	{"CorrelationAcrossHops", testCorrelation},
+	{"IdempotencySkipsDuplicates", testIdempotency},
+	{"RetryDelaysFollowBackoff", testRetryDelays},
+}
+
+// env is one test's namespace: a URL and a unique prefix for service names.
+type env struct {
+	t       *testing.T
+	h       Harness
+	url     string
+	prefix  string
+	timeout time.Duration
+}
+
+func newEnv(t *testing.T, h Harness) *env {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return &env{t: t, h: h, url: h.URL(t), prefix: "ct" + hex.EncodeToString(b[:]), timeout: h.Timeout}
+}
+
+// ctx returns a context bounded by the suite's timeout.
+func (e *env) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+	e.t.Cleanup(cancel)
+	return ctx
+}
+
+// service returns a service name unique to this test.
+func (e *env) service(name string) string { return e.prefix + "-" + name }
+
+// bus opens a bus for the service and closes it when the test ends.
+func (e *env) bus(service string, opts ...eventbus.Option) *eventbus.Bus {
+	return e.busWith(eventbus.Config{ServiceName: e.service(service)}, opts...)
+}
+
+// fastPolicy retries quickly, so failure tests do not wait for the
+// default backoff.
+var fastPolicy = eventbus.Policy{MaxAttempts: 3, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Jitter: 1e-9}
+
+func (e *env) busWith(cfg eventbus.Config, opts ...eventbus.Option) *eventbus.Bus {
+	e.t.Helper()
+	cfg.URL = e.url
+	if cfg.Policy == (eventbus.Policy{}) {
+		cfg.Policy = fastPolicy
+	}
+	b, err := eventbus.New(e.ctx(), cfg, opts...)
+	if err != nil {
+		e.t.Fatalf("New(%s): %v", eventbus.RedactURL(e.url), err)
+	}
+	e.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+		defer cancel()
+		_ = b.Close(ctx)
+	})
+	return b
+}
+
+func (e *env) subscribe(b *eventbus.Bus, pattern string, h eventbus.Handler, opts ...eventbus.SubscribeOption) {
+	e.t.Helper()
+	if err := b.Subscribe(pattern, h, opts...); err != nil {
+		e.t.Fatalf("Subscribe(%q): %v", pattern, err)
+	}
+}
+
+func (e *env) start(b *eventbus.Bus) {
+	e.t.Helper()
+	if err := b.Start(e.ctx()); err != nil {
+		e.t.Fatalf("Start: %v", err)
+	}
+}
+
+func (e *env) publish(b *eventbus.Bus, evs ...eventbus.Event) {
+	e.t.Helper()
+	if err := b.Publish(e.ctx(), evs...); err != nil {
+		e.t.Fatalf("Publish: %v", err)
+	}
+}
+
+// event makes a valid event of the given name.
+func (e *env) event(name string, data any, opts ...eventbus.EventOption) eventbus.Event {
+	e.t.Helper()
+	if data == nil {
+		data = map[string]string{"test": e.t.Name()}
+	}
+	ev, err := eventbus.NewEvent(name, "contract-tests", eventbus.Domain, data, opts...)
+	if err != nil {
+		e.t.Fatalf("NewEvent(%q): %v", name, err)
+	}
+	return ev
+}
+
+// waitFor polls cond until it holds or the suite's timeout passes; then
+// the test fails with what describe reports.
+func (e *env) waitFor(what string, cond func() bool, describe func() string) {
+	e.t.Helper()
+	deadline := time.Now().Add(e.timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s: not reached within %s; %s", what, e.timeout, describe())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// recorder records the events a handler received.
+type recorder struct {
+	mu     sync.Mutex
+	events []eventbus.Event
+	count  map[string]int
+}
+
+func newRecorder() *recorder { return &recorder{count: map[string]int{}} }
+
+func (r *recorder) handle(_ context.Context, ev eventbus.Event) error {
+	r.add(ev)
+	return nil
+}
+
+func (r *recorder) add(ev eventbus.Event) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, ev)
+	r.count[ev.ID]++
+}
+
+func (r *recorder) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.events)
+}
+
+// distinct returns how many different event IDs were received.
+func (r *recorder) distinct() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.count)
+}
+
+func (r *recorder) times(id string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.count[id]
+}
+
+func (r *recorder) has(id string) bool { return r.times(id) > 0 }
+
+func (r *recorder) snapshot() []eventbus.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.events)
+}
+
+func (r *recorder) duplicates() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.events) - len(r.count)
+}
+
+// names returns the sorted names received, for failure messages.
+func (r *recorder) names() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, ev := range r.events {
+		out = append(out, ev.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// missing lists which of ids were not received, for failure messages.
+func (r *recorder) missing(ids []string) string {
+	var miss []string
+	for _, id := range ids {
+		if !r.has(id) {
+			miss = append(miss, id)
+		}
+	}
+	if len(miss) > 5 {
+		return fmt.Sprintf("%d missing, e.g. %s", len(miss), strings.Join(miss[:5], ", "))
+	}
+	return fmt.Sprintf("%d missing: %s", len(miss), strings.Join(miss, ", "))
+}
+
+// waitPoisoned waits until the service's poison queue holds the event.
+func (e *env) waitPoisoned(b *eventbus.Bus, id string) eventbus.PoisonedEvent {
+	e.t.Helper()
+	var found eventbus.PoisonedEvent
+	var last []eventbus.PoisonedEvent
+	e.waitFor("event "+id+" in the poison queue", func() bool {
+		ps, err := b.Poisoned(e.ctx())
+		if err != nil {
+			e.t.Fatalf("Poisoned: %v", err)
+		}
+		last = ps
+		for _, p := range ps {
+			if p.Event.ID == id {
+				found = p
+				return true
+			}
+		}
+		return false
+	}, func() string { return fmt.Sprintf("poison queue holds %d event(s)", len(last)) })
+	return found
+}

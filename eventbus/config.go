@@ -1,0 +1,89 @@
+package eventbus
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+)
+
+// DefaultURL is the broker used when Config.URL is empty: RabbitMQ on the
+// local machine with its default credentials.
+const DefaultURL = "amqp://guest:guest@localhost:5672/"
+
+// Config configures a [Bus].
+type Config struct {
+	// ServiceName identifies the service: it is the default Source of
+	// published events, owns the poison queue, and names the durable
+	// subscriptions ("<service>.<subscription>"), so instances of one
+	// service share work and different services each get every event.
+	// Letters, digits, '_', '-' and '.' only.
+	ServiceName string
+
+	// URL selects and configures the transport: "mem://", "amqp://...",
+	// "amqps://...", "kafka://host:port". Empty means [DefaultURL].
+	URL string
+
+	// Logger receives the bus's log lines. Nil means slog.Default(). The
+	// happy path logs at debug level only.
+	Logger *slog.Logger
+
+	// TLS configures TLS for "amqps://" and TLS-enabled Kafka; nil means
+	// the system roots.
+	TLS *tls.Config
+
+	// Policy is the failure policy: retries, backoff, timeout and poison.
+	// Its zero value means [DefaultPolicy].
+	Policy Policy
+}
+
+// ConfigFromEnv reads EVENTBUS_SERVICE and EVENTBUS_URL.
+func ConfigFromEnv() Config {
+	return Config{ServiceName: os.Getenv("EVENTBUS_SERVICE"), URL: os.Getenv("EVENTBUS_URL")}
+}
+
+func (c Config) withDefaults() Config {
+	if c.URL == "" {
+		c.URL = DefaultURL
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Policy = c.Policy.withDefaults()
+	return c
+}
+
+func (c Config) validate() error {
+	if c.ServiceName == "" {
+		return fmt.Errorf("eventbus: Config.ServiceName is empty; name the service (EVENTBUS_SERVICE when using ConfigFromEnv)")
+	}
+	for _, r := range c.ServiceName {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == '.') {
+			return fmt.Errorf("eventbus: Config.ServiceName %q contains %q; use letters, digits, '_', '-' and '.'", c.ServiceName, r)
+		}
+	}
+	if len(c.ServiceName) > 100 {
+		return fmt.Errorf("eventbus: Config.ServiceName is %d bytes long; the limit is 100", len(c.ServiceName))
+	}
+	return c.Policy.validate()
+}
+
+// RedactURL returns rawURL with any password replaced by "xxxxx", for logs
+// and errors. Text that does not parse as a URL is hidden entirely after
+// its scheme, since it may still hold a secret.
+func RedactURL(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		if i := strings.Index(rawURL, "://"); i >= 0 {
+			return rawURL[:i+3] + "(unparsable URL hidden)"
+		}
+		return "(unparsable URL hidden)"
+	}
+	return u.Redacted()
+}
+
+// discardLogger is used where a logger is optional and absent.
+var discardLogger = slog.New(slog.NewTextHandler(io.Discard, nil))

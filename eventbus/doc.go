@@ -1,0 +1,30 @@
+// Package eventbus is an event bus for event-driven Go services.
+//
+// A service creates a [Bus] with its service name, subscribes handlers to
+// event-name patterns and publishes [Event]s:
+//
+//	bus, err := eventbus.New(ctx, eventbus.Config{ServiceName: "billing", URL: "mem://"})
+//	err = bus.Subscribe("order.#", handleOrder)
+//	err = bus.Start(ctx)
+//	err = bus.Publish(ctx, ev)
+//	defer bus.Close(ctx)
+//
+// Patterns follow RabbitMQ topic-exchange rules on every transport: "*"
+// matches exactly one dot-separated segment and "#" matches zero or more, so
+// "user.#" matches "user" and "#.completed" matches "completed".
+//
+// The broker is chosen by the URL scheme, the way database/sql chooses a
+// driver: import the transport package for its side effect
+// (github.com/paissive/go-eventbus/transports/memory for "mem://",
+// .../transports/amqp for "amqp://" and "amqps://", .../transports/kafka for
+// "kafka://"). Only the transports a program imports are compiled in.
+//
+// Delivery is at least once. An event is acknowledged only after its handler
+// returned nil; errors are retried with backoff and then moved to the
+// service's poison queue, from which they can be listed, replayed and purged.
+// [Permanent] errors and events that fail schema validation skip the retries.
+//
+// On the wire every transport writes CloudEvents 1.0 in binary content mode:
+// the body is the JSON data and each attribute is a "ce_" header (see
+// [EncodeMessage]), so any CloudEvents-aware client can read the events.
+package eventbus

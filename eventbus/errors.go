@@ -1,0 +1,115 @@
+package eventbus
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+var (
+	// ErrClosed is returned by every Bus method called after Close.
+	ErrClosed = errors.New("eventbus: bus is closed")
+
+	// ErrInvalidName is wrapped by every error about a malformed event name.
+	ErrInvalidName = errors.New("eventbus: invalid event name")
+
+	// ErrInvalidPattern is wrapped by every error about a malformed pattern.
+	ErrInvalidPattern = errors.New("eventbus: invalid pattern")
+
+	// ErrInvalidEvent is wrapped by errors about an event that cannot be
+	// published or decoded (missing ID, unknown type, data that is not JSON).
+	ErrInvalidEvent = errors.New("eventbus: invalid event")
+
+	// ErrPermanent marks errors that retrying cannot fix. Test for it with
+	// errors.Is; create such errors with [Permanent].
+	ErrPermanent = errors.New("permanent error")
+
+	// ErrUnroutable is wrapped by a publish error when the broker reports that
+	// no subscription matched an event, so nobody would ever receive it.
+	ErrUnroutable = errors.New("eventbus: no subscription matches the event")
+
+	// ErrUnsupported is returned when a transport lacks an optional
+	// capability (for example a poison queue).
+	ErrUnsupported = errors.New("eventbus: not supported by this transport")
+)
+
+// Permanent marks err as permanent: the bus does not retry the handler and
+// moves the event to the poison queue at once. Use it for failures that
+// another attempt cannot fix, such as a malformed payload. Permanent(nil) is
+// nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err: err}
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// Is makes errors.Is(err, ErrPermanent) true.
+func (e *permanentError) Is(target error) bool { return target == ErrPermanent }
+
+// Permanent reports true; the middleware package recognises permanent errors
+// by this method, so it does not need to import this package.
+func (e *permanentError) Permanent() bool { return true }
+
+// IsPermanent reports whether err, or any error it wraps, is permanent.
+func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }
+
+// PublishError reports the events a Publish call could not hand to the
+// transport durably. Events not listed were accepted.
+type PublishError struct {
+	Failed []FailedEvent
+}
+
+// FailedEvent names one event that was not published and why.
+type FailedEvent struct {
+	ID   string
+	Name string
+	Err  error
+}
+
+func (e *PublishError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "eventbus: %d event(s) not published:", len(e.Failed))
+	const show = 5
+	for i, f := range e.Failed {
+		if i == show {
+			fmt.Fprintf(&b, " ... and %d more", len(e.Failed)-show)
+			break
+		}
+		fmt.Fprintf(&b, " %s (%s): %v;", f.Name, f.ID, f.Err)
+	}
+	return strings.TrimSuffix(b.String(), ";")
+}
+
+// Unwrap returns the distinct causes, so errors.Is(err, context.Canceled)
+// and errors.Is(err, ErrUnroutable) work on a PublishError.
+func (e *PublishError) Unwrap() []error {
+	var errs []error
+	for _, f := range e.Failed {
+		dup := false
+		for _, x := range errs {
+			if x == f.Err {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			errs = append(errs, f.Err)
+		}
+	}
+	return errs
+}
+
+// IDs returns the IDs of the failed events, in the order they were given.
+func (e *PublishError) IDs() []string {
+	ids := make([]string, len(e.Failed))
+	for i, f := range e.Failed {
+		ids[i] = f.ID
+	}
+	return ids
+}

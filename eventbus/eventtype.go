@@ -1,0 +1,67 @@
+package eventbus
+
+import (
+	"fmt"
+	"strings"
+)
+
+// EventType classifies an event by its role. The zero value is not a valid
+// type: every event must say which kind it is.
+type EventType uint8
+
+// The five kinds of events.
+const (
+	// Domain events record business facts inside one service.
+	Domain EventType = iota + 1
+	// Integration events are shared between services.
+	Integration
+	// System events come from infrastructure and technical processes.
+	System
+	// User events are initiated by a user.
+	User
+	// Notification events carry alerts and notifications.
+	Notification
+)
+
+var eventTypeNames = [...]string{"", "domain", "integration", "system", "user", "notification"}
+
+// String returns the lower-case name ("domain", "integration", ...), which is
+// also the wire form of the ce_eventtype header.
+func (t EventType) String() string {
+	if t.Valid() {
+		return eventTypeNames[t]
+	}
+	return fmt.Sprintf("EventType(%d)", uint8(t))
+}
+
+// Valid reports whether t is one of the five defined types.
+func (t EventType) Valid() bool { return t >= Domain && t <= Notification }
+
+// ParseEventType parses the name of an event type, ignoring case, so both
+// "domain" and "DOMAIN" give [Domain]. Unknown names are an error.
+func ParseEventType(s string) (EventType, error) {
+	for i := Domain; i <= Notification; i++ {
+		if strings.EqualFold(s, eventTypeNames[i]) {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: unknown event type %q (want one of domain, integration, system, user, notification)", ErrInvalidEvent, s)
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (t EventType) MarshalText() ([]byte, error) {
+	if !t.Valid() {
+		return nil, fmt.Errorf("%w: cannot marshal %s", ErrInvalidEvent, t)
+	}
+	return []byte(eventTypeNames[t]), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (t *EventType) UnmarshalText(b []byte) error {
+	v, err := ParseEventType(string(b))
+	if err != nil {
+		return err
+	}
+	*t = v
+	return nil
+}

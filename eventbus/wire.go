@@ -1,0 +1,140 @@
+package eventbus
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/paissive/go-eventbus/internal/wire"
+)
+
+// Header names of the wire format: CloudEvents 1.0 binary content mode with
+// the "ce_" prefix of the CloudEvents Kafka binding. Every transport writes
+// these and nothing else, so the same bytes mean the same event everywhere.
+const (
+	HeaderSpecVersion   = wire.SpecVersion   // always "1.0"
+	HeaderID            = wire.ID            // Event.ID
+	HeaderSource        = wire.Source        // Event.Source
+	HeaderType          = wire.Type          // Event.Name (the CloudEvents "type")
+	HeaderTime          = wire.Time          // Event.Time, RFC 3339
+	HeaderEventType     = wire.EventType     // Event.Type ("domain", ...)
+	HeaderDataVersion   = wire.DataVersion   // Event.DataVersion, omitted when empty
+	HeaderCorrelationID = wire.CorrelationID // Event.CorrelationID
+	HeaderCausationID   = wire.CausationID   // Event.CausationID, omitted when empty
+	HeaderPartitionKey  = wire.PartitionKey  // Event.PartitionKey, omitted when empty
+	HeaderContentType   = wire.ContentType   // always "application/json"
+	// MetadataPrefix prefixes each Event.Metadata key, so "tenant" travels
+	// as "meta_tenant" and user keys never collide with other headers.
+	MetadataPrefix = wire.MetadataPrefix
+)
+
+// Headers the poison queue adds to an event it stores.
+const (
+	HeaderPoisonReason       = wire.PoisonReason       // "permanent", "retries-exhausted" or "undecodable"
+	HeaderPoisonError        = wire.PoisonError        // the handler's error text (with the stack for panics)
+	HeaderPoisonAttempts     = wire.PoisonAttempts     // handler calls made
+	HeaderPoisonService      = wire.PoisonService      // the service whose subscription failed
+	HeaderPoisonSubscription = wire.PoisonSubscription // the subscription that failed
+	HeaderPoisonPattern      = wire.PoisonPattern      // its pattern
+	HeaderPoisonFirstFailure = wire.PoisonFirstFailure // RFC 3339 time of the first failure
+	HeaderPoisonLastFailure  = wire.PoisonLastFailure  // RFC 3339 time of the last failure
+)
+
+// EncodeMessage converts an event to the Watermill message every transport
+// sends: the UUID is the event ID, the payload the JSON data and the
+// metadata the "ce_" headers. It does not validate the event.
+func EncodeMessage(e Event) *message.Message {
+	data := []byte(e.Data)
+	if len(data) == 0 {
+		data = []byte("null")
+	}
+	md := make(message.Metadata, 10+len(e.Metadata))
+	md[wire.SpecVersion] = wire.SpecVersionValue
+	md[wire.ID] = e.ID
+	md[wire.Source] = e.Source
+	md[wire.Type] = e.Name
+	md[wire.Time] = e.Time.UTC().Format(time.RFC3339Nano)
+	md[wire.EventType] = e.Type.String()
+	md[wire.ContentType] = wire.JSONContentType
+	md[wire.CorrelationID] = e.CorrelationID
+	if e.DataVersion != "" {
+		md[wire.DataVersion] = e.DataVersion
+	}
+	if e.CausationID != "" {
+		md[wire.CausationID] = e.CausationID
+	}
+	if e.PartitionKey != "" {
+		md[wire.PartitionKey] = e.PartitionKey
+	}
+	for k, v := range e.Metadata {
+		md[wire.MetadataPrefix+k] = v
+	}
+	msg := message.NewMessage(e.ID, data)
+	msg.Metadata = md
+	return msg
+}
+
+// DecodeMessage converts a message in the wire format back to an event. A
+// message without the required headers, with an unknown spec version or
+// type, or with a body that is not JSON is an error wrapping
+// [ErrInvalidEvent]; the bus treats such messages as permanent failures and
+// moves them to the poison queue.
+func DecodeMessage(msg *message.Message) (Event, error) {
+	md := msg.Metadata
+	var missing []string
+	get := func(k string) string {
+		v, ok := md[k]
+		if !ok || v == "" {
+			missing = append(missing, k)
+		}
+		return v
+	}
+	spec, id, name, source, ts, typ := get(wire.SpecVersion), get(wire.ID), get(wire.Type), get(wire.Source), get(wire.Time), get(wire.EventType)
+	if len(missing) > 0 {
+		return Event{}, fmt.Errorf("%w: message %s lacks header(s) %s", ErrInvalidEvent, msg.UUID, strings.Join(missing, ", "))
+	}
+	if spec != wire.SpecVersionValue {
+		return Event{}, fmt.Errorf("%w: message %s has %s %q, want %q", ErrInvalidEvent, msg.UUID, wire.SpecVersion, spec, wire.SpecVersionValue)
+	}
+	if ct, ok := md[wire.ContentType]; ok && ct != wire.JSONContentType && !strings.HasPrefix(ct, wire.JSONContentType+";") {
+		return Event{}, fmt.Errorf("%w: message %s has content-type %q, want %q", ErrInvalidEvent, msg.UUID, ct, wire.JSONContentType)
+	}
+	t, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
+		return Event{}, fmt.Errorf("%w: message %s has %s %q: %v", ErrInvalidEvent, msg.UUID, wire.Time, ts, err)
+	}
+	et, err := ParseEventType(typ)
+	if err != nil {
+		return Event{}, fmt.Errorf("message %s: %w", msg.UUID, err)
+	}
+	if err := ValidateName(name); err != nil {
+		return Event{}, fmt.Errorf("message %s: %w", msg.UUID, err)
+	}
+	if !json.Valid(msg.Payload) {
+		return Event{}, fmt.Errorf("%w: message %s (%s) body is not JSON", ErrInvalidEvent, msg.UUID, name)
+	}
+	e := Event{
+		ID:            id,
+		Name:          name,
+		Source:        source,
+		Type:          et,
+		Time:          t.UTC(),
+		DataVersion:   md[wire.DataVersion],
+		CorrelationID: md[wire.CorrelationID],
+		CausationID:   md[wire.CausationID],
+		PartitionKey:  md[wire.PartitionKey],
+		Data:          json.RawMessage(msg.Payload),
+	}
+	for k, v := range md {
+		if strings.HasPrefix(k, wire.MetadataPrefix) {
+			if e.Metadata == nil {
+				e.Metadata = make(map[string]string)
+			}
+			e.Metadata[k[len(wire.MetadataPrefix):]] = v
+		}
+	}
+	return e, nil
+}

@@ -1,0 +1,62 @@
+package middleware
+
+import (
+	"context"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/paissive/go-eventbus/internal/wire"
+)
+
+type traceKey struct{}
+
+// Trace is what a handler's ctx knows about the event being handled.
+type Trace struct {
+	// CorrelationID of the handled event (its own ID if it had none).
+	CorrelationID string
+	// EventID is the handled event's ID: the causation ID of anything the
+	// handler publishes.
+	EventID string
+}
+
+// WithTrace returns a ctx carrying t.
+func WithTrace(ctx context.Context, t Trace) context.Context {
+	return context.WithValue(ctx, traceKey{}, t)
+}
+
+// TraceFromContext returns the trace a Correlation middleware put in ctx.
+func TraceFromContext(ctx context.Context) (Trace, bool) {
+	t, ok := ctx.Value(traceKey{}).(Trace)
+	return t, ok
+}
+
+// Correlation puts the handled message's correlation ID and event ID in its
+// ctx, where the bus's Publish finds them: events published with the
+// handler's ctx inherit the correlation ID and get the handled event's ID as
+// causation ID. Messages the handler returns (plain Watermill routers) are
+// stamped the same way. Watermill's own CorrelationID middleware covers only
+// returned messages, not events published from inside the handler.
+func Correlation(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		t := Trace{CorrelationID: msg.Metadata[wire.CorrelationID], EventID: msg.Metadata[wire.ID]}
+		if t.EventID == "" {
+			t.EventID = msg.UUID
+		}
+		if t.CorrelationID == "" {
+			t.CorrelationID = t.EventID
+		}
+		orig := msg.Context()
+		msg.SetContext(WithTrace(orig, t))
+		defer msg.SetContext(orig)
+		out, err := h(msg)
+		for _, m := range out {
+			if m.Metadata.Get(wire.CorrelationID) == "" {
+				m.Metadata.Set(wire.CorrelationID, t.CorrelationID)
+			}
+			if m.Metadata.Get(wire.CausationID) == "" {
+				m.Metadata.Set(wire.CausationID, t.EventID)
+			}
+		}
+		return out, err
+	}
+}

@@ -1,0 +1,92 @@
+package middleware
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/cenkalti/backoff/v5"
+)
+
+// Retry calls a failing handler again with exponential backoff and jitter.
+// Permanent errors (see [IsPermanent]) are returned at once. The delays
+// between calls are exactly those of a backoff.ExponentialBackOff with these
+// settings: Watermill's Retry ignores Multiplier without MaxInterval and
+// shifts its delays when OnRetryHook is set, so it is not used.
+//
+// Waiting happens in the handler's goroutine and holds no lock, so it delays
+// only this message: other messages of the subscription (up to its
+// concurrency) and other subscriptions go on.
+type Retry struct {
+	// MaxAttempts is the number of handler calls in all, the first one
+	// included; 1 disables retries.
+	MaxAttempts int
+	// InitialInterval is the delay before the second call.
+	InitialInterval time.Duration
+	// Multiplier grows the delay after each further failure.
+	Multiplier float64
+	// MaxInterval caps a single delay.
+	MaxInterval time.Duration
+	// RandomizationFactor spreads each delay to delay*(1±factor), so that
+	// consumers that failed together do not retry in lock step.
+	RandomizationFactor float64
+	// MaxElapsedTime, when positive, stops retrying when the next call
+	// would start later than this after the first one.
+	MaxElapsedTime time.Duration
+	// Logger, when set, receives one debug line per retry.
+	Logger *slog.Logger
+}
+
+// Middleware returns the middleware.
+func (r Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		start := time.Now()
+		var b *backoff.ExponentialBackOff
+		for attempt := 1; ; attempt++ {
+			out, err := h(msg)
+			if err == nil {
+				return out, nil
+			}
+			now := time.Now()
+			if f := failuresFrom(msg.Context()); f != nil {
+				f.record(now)
+			}
+			if IsPermanent(err) || attempt >= r.MaxAttempts {
+				return out, err
+			}
+			if b == nil {
+				b = &backoff.ExponentialBackOff{
+					InitialInterval:     r.InitialInterval,
+					RandomizationFactor: r.RandomizationFactor,
+					Multiplier:          r.Multiplier,
+					MaxInterval:         r.MaxInterval,
+				}
+				b.Reset()
+			}
+			delay := b.NextBackOff()
+			if r.MaxElapsedTime > 0 && now.Add(delay).Sub(start) > r.MaxElapsedTime {
+				return out, err
+			}
+			if r.Logger != nil {
+				r.Logger.Debug("eventbus: retrying handler", "message_id", msg.UUID, "attempt", attempt+1, "delay", delay, "error", err)
+			}
+			if werr := sleep(msg.Context(), delay); werr != nil {
+				// The bus is shutting down: leave the message unacked so it
+				// comes back, rather than poisoning it.
+				return out, werr
+			}
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

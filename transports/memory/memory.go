@@ -1,0 +1,465 @@
+// Package memory is the in-process transport, registered for "mem://" URLs.
+// It has the semantics of the brokers: RabbitMQ topic patterns, durable
+// subscription groups that keep events while no instance consumes, competing
+// consumers within a group, acknowledgement after the handler with
+// redelivery of nacked and abandoned events, and a poison store. It is the
+// default for examples and for tests of code that uses the bus.
+//
+// Buses opened with the same URL host share one broker: "mem://" is the
+// process-wide default, "mem://name" a separate one (tests use a fresh name
+// each). The query parameter buffer (default 1024) sets how many events a
+// subscription group holds before Publish blocks: back-pressure instead of
+// unbounded memory. A group that nobody consumes any more therefore blocks
+// publishers of its events once full, until their ctx ends, as a RabbitMQ
+// queue without consumers would grow; delete such groups with [Forget].
+//
+// Work is done by a fixed number of goroutines per subscriber (its
+// concurrency), never by a goroutine per event.
+package memory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/paissive/go-eventbus/eventbus"
+)
+
+// DefaultBuffer is the number of events a subscription group holds.
+const DefaultBuffer = 1024
+
+func init() {
+	eventbus.Register("mem", eventbus.DriverFunc(open))
+}
+
+// ErrClosed is returned by publishing through a closed transport.
+var ErrClosed = errors.New("memory transport: closed")
+
+var (
+	brokersMu sync.Mutex
+	brokers   = map[string]*broker{}
+)
+
+// Forget removes the named in-process broker ("" for the default), with its
+// groups, queued events and poison store. Transports already open keep
+// using it; the next Open of that name gets a new, empty broker.
+func Forget(name string) {
+	brokersMu.Lock()
+	defer brokersMu.Unlock()
+	delete(brokers, name)
+}
+
+func getBroker(name string, buffer int) *broker {
+	brokersMu.Lock()
+	defer brokersMu.Unlock()
+	b, ok := brokers[name]
+	if !ok {
+		b = &broker{
+			buffer: buffer,
+			groups: map[string]*group{},
+			routes: map[string][]*group{},
+			poison: map[string]*poisonStore{},
+		}
+		brokers[name] = b
+	}
+	return b
+}
+
+func open(_ context.Context, cfg eventbus.TransportConfig) (eventbus.Transport, error) {
+	u := cfg.URL
+	buffer := DefaultBuffer
+	q := u.Query()
+	if v := q.Get("buffer"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("memory transport: buffer=%q must be a positive integer", v)
+		}
+		buffer = n
+	}
+	for k := range q {
+		if k != "buffer" {
+			return nil, fmt.Errorf("memory transport: unknown URL parameter %q (known: buffer)", k)
+		}
+	}
+	name := brokerName(u)
+	ctx, cancel := context.WithCancel(context.Background())
+	t := &transport{b: getBroker(name, buffer), service: cfg.ServiceName, ctx: ctx, cancel: cancel}
+	t.pub = &publisher{t: t}
+	return t, nil
+}
+
+func brokerName(u *url.URL) string {
+	if u.Opaque != "" {
+		return u.Opaque
+	}
+	return u.Host + u.Path
+}
+
+// broker is one in-process namespace of groups.
+type broker struct {
+	buffer int
+
+	mu     sync.RWMutex
+	groups map[string]*group
+	// routes caches, per event name, the groups whose patterns match it;
+	// it is dropped whenever a binding is added.
+	routes map[string][]*group
+	poison map[string]*poisonStore
+}
+
+// bind returns the group, creating it, and adds the pattern to its bindings.
+func (b *broker) bind(name string, p eventbus.Pattern) *group {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	g, ok := b.groups[name]
+	if !ok {
+		g = &group{name: name, queue: make(chan *message.Message, b.buffer), wake: make(chan struct{}, 1)}
+		b.groups[name] = g
+	}
+	for _, q := range g.patterns {
+		if q.String() == p.String() {
+			return g
+		}
+	}
+	g.patterns = append(g.patterns, p)
+	b.routes = map[string][]*group{}
+	return g
+}
+
+func (b *broker) route(name string) []*group {
+	b.mu.RLock()
+	gs, ok := b.routes[name]
+	b.mu.RUnlock()
+	if ok {
+		return gs
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if gs, ok := b.routes[name]; ok {
+		return gs
+	}
+	gs = []*group{}
+	for _, g := range b.groups {
+		for _, p := range g.patterns {
+			if p.Match(name) {
+				gs = append(gs, g)
+				break
+			}
+		}
+	}
+	b.routes[name] = gs
+	return gs
+}
+
+func (b *broker) group(name string) *group {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.groups[name]
+}
+
+// group is a durable subscription: a bounded queue shared by its
+// subscribers, plus the events given back (nacked or abandoned), which are
+// delivered first.
+type group struct {
+	name     string
+	patterns []eventbus.Pattern // guarded by broker.mu
+	queue    chan *message.Message
+
+	mu    sync.Mutex
+	back  []*message.Message
+	nback atomic.Int32
+	wake  chan struct{} // signalled when back gains an event
+}
+
+// giveBack requeues an event. It never blocks: the events given back are at
+// most the ones in flight, which the concurrency of the subscribers bounds.
+func (g *group) giveBack(m *message.Message) {
+	g.mu.Lock()
+	g.back = append(g.back, m)
+	g.nback.Add(1)
+	g.mu.Unlock()
+	g.signal()
+}
+
+func (g *group) signal() {
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (g *group) takeBack() *message.Message {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.back) == 0 {
+		return nil
+	}
+	m := g.back[0]
+	g.back[0] = nil
+	g.back = g.back[1:]
+	if g.nback.Add(-1) > 0 {
+		g.signal()
+	}
+	return m
+}
+
+// push enqueues m, waiting while the group is full until ctx or abort ends.
+func (g *group) push(ctx context.Context, abort <-chan struct{}, m *message.Message) error {
+	select {
+	case g.queue <- m:
+		return nil
+	default:
+	}
+	select {
+	case g.queue <- m:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("subscription %s is full (back-pressure): %w", g.name, ctx.Err())
+	case <-abort:
+		return ErrClosed
+	}
+}
+
+type transport struct {
+	b       *broker
+	service string
+	pub     *publisher
+	// ctx is every delivered message's context: live until Close, so that
+	// handlers in flight see cancellation only when the bus gives up.
+	ctx    context.Context
+	cancel context.CancelFunc
+	closed atomic.Bool
+}
+
+func (t *transport) Publisher() message.Publisher { return t.pub }
+
+func (t *transport) NewSubscriber(cfg eventbus.SubscriberConfig) (message.Subscriber, error) {
+	if cfg.Group == "" {
+		return nil, errors.New("memory transport: subscriber needs a group")
+	}
+	if cfg.Concurrency < 1 {
+		cfg.Concurrency = 1
+	}
+	return &subscriber{t: t, cfg: cfg, closing: make(chan struct{})}, nil
+}
+
+func (t *transport) PoisonQueue() (eventbus.PoisonQueue, error) {
+	t.b.mu.Lock()
+	defer t.b.mu.Unlock()
+	p, ok := t.b.poison[t.service]
+	if !ok {
+		p = &poisonStore{}
+		t.b.poison[t.service] = p
+	}
+	return p, nil
+}
+
+func (t *transport) Redeliver(ctx context.Context, group string, msgs ...*message.Message) error {
+	if t.closed.Load() {
+		return ErrClosed
+	}
+	g := t.b.group(group)
+	if g == nil {
+		return fmt.Errorf("memory transport: no subscription group %q", group)
+	}
+	for _, m := range msgs {
+		if err := g.push(ctx, t.ctx.Done(), m.Copy()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close cancels the contexts of messages in flight and gives every event
+// not yet acknowledged back to its group.
+func (t *transport) Close() error {
+	if t.closed.CompareAndSwap(false, true) {
+		t.cancel()
+	}
+	return nil
+}
+
+type publisher struct{ t *transport }
+
+// Publish enqueues each message in every group whose patterns match topic.
+func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
+	t := p.t
+	if t.closed.Load() {
+		return ErrClosed
+	}
+	groups := t.b.route(topic)
+	var failed []eventbus.FailedEvent
+	for _, m := range msgs {
+		if len(groups) == 0 {
+			failed = append(failed, eventbus.FailedEvent{ID: m.UUID, Name: topic, Err: eventbus.ErrUnroutable})
+			continue
+		}
+		ctx := m.Context()
+		for i, g := range groups {
+			dm := m
+			if i < len(groups)-1 {
+				dm = m.Copy()
+			}
+			if err := g.push(ctx, t.ctx.Done(), dm); err != nil {
+				failed = append(failed, eventbus.FailedEvent{ID: m.UUID, Name: topic, Err: err})
+				break
+			}
+		}
+	}
+	if failed != nil {
+		return &eventbus.PublishError{Failed: failed}
+	}
+	return nil
+}
+
+func (p *publisher) Close() error { return nil }
+
+type subscriber struct {
+	t       *transport
+	cfg     eventbus.SubscriberConfig
+	closing chan struct{}
+	once    sync.Once
+	workers sync.WaitGroup
+}
+
+// Subscribe binds pattern to the subscriber's group and starts Concurrency
+// workers, each delivering one event at a time and waiting for its ack.
+func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *message.Message, error) {
+	p, err := eventbus.CompilePattern(pattern)
+	if err != nil {
+		return nil, err
+	}
+	if s.t.closed.Load() {
+		return nil, ErrClosed
+	}
+	g := s.t.b.bind(s.cfg.Group, p)
+	out := make(chan *message.Message)
+	stop := make(chan struct{})
+	var workers sync.WaitGroup
+	for range s.cfg.Concurrency {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			s.work(g, out, stop)
+		}()
+	}
+	s.workers.Add(1)
+	go func() {
+		defer s.workers.Done()
+		select {
+		case <-ctx.Done():
+		case <-s.closing:
+		case <-s.t.ctx.Done():
+		}
+		close(stop)
+		workers.Wait()
+		close(out)
+	}()
+	return out, nil
+}
+
+func (s *subscriber) work(g *group, out chan<- *message.Message, stop <-chan struct{}) {
+	abort := s.t.ctx.Done()
+	for {
+		m := s.next(g, stop)
+		if m == nil {
+			return
+		}
+		m.SetContext(s.t.ctx)
+		select {
+		case out <- m:
+		case <-stop:
+			g.giveBack(m)
+			return
+		}
+		select {
+		case <-m.Acked():
+		case <-m.Nacked():
+			g.giveBack(m.Copy())
+		case <-abort:
+			g.giveBack(m.Copy())
+			return
+		}
+	}
+}
+
+func (s *subscriber) next(g *group, stop <-chan struct{}) *message.Message {
+	for {
+		if g.nback.Load() > 0 {
+			if m := g.takeBack(); m != nil {
+				return m
+			}
+		}
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		select {
+		case m := <-g.queue:
+			return m
+		case <-g.wake:
+		case <-stop:
+			return nil
+		}
+	}
+}
+
+// Close stops delivering and returns once the events in flight were
+// acknowledged, or given back because the transport closed.
+func (s *subscriber) Close() error {
+	s.once.Do(func() { close(s.closing) })
+	s.workers.Wait()
+	return nil
+}
+
+// poisonStore is the service's poison queue.
+type poisonStore struct {
+	mu   sync.Mutex
+	msgs []*message.Message
+}
+
+func (p *poisonStore) Add(_ context.Context, m *message.Message) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.msgs = append(p.msgs, m.Copy())
+	return nil
+}
+
+func (p *poisonStore) List(context.Context) ([]*message.Message, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*message.Message, len(p.msgs))
+	for i, m := range p.msgs {
+		out[i] = m.Copy()
+	}
+	return out, nil
+}
+
+func (p *poisonStore) Remove(_ context.Context, uuids ...string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(uuids) == 0 {
+		p.msgs = nil
+		return nil
+	}
+	drop := make(map[string]bool, len(uuids))
+	for _, u := range uuids {
+		drop[u] = true
+	}
+	kept := p.msgs[:0]
+	for _, m := range p.msgs {
+		if !drop[m.UUID] {
+			kept = append(kept, m)
+		}
+	}
+	clear(p.msgs[len(kept):])
+	p.msgs = kept
+	return nil
+}
