@@ -43,6 +43,7 @@ var tests = []struct {
 	{"FanOutAcrossServices", testFanOut},
 	{"CompetingConsumers", testCompetingConsumers},
 	{"RedeliveryAfterHandlerError", testRedeliveryAfterError},
+	{"RedeliveryAfterNack", testRedeliveryAfterNack},
 	{"RedeliveryAfterCrash", testRedeliveryAfterCrash},
 	{"RestartMidStreamLosesNothing", testRestartMidStream},
 	{"ConcurrentPublishers", testConcurrentPublishers},

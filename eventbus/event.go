@@ -36,6 +36,16 @@ type Event struct {
 	Metadata map[string]string
 	// Data is the JSON payload.
 	Data json.RawMessage
+
+	// checked is the Data slice as last found valid, so that publishing an
+	// event made by NewEvent or received from the bus does not scan its
+	// JSON again. Assigning a new Data defeats it.
+	checked json.RawMessage
+}
+
+// dataChecked reports whether Data is the slice already found valid.
+func (e *Event) dataChecked() bool {
+	return len(e.Data) == len(e.checked) && (len(e.Data) == 0 || &e.Data[0] == &e.checked[0])
 }
 
 // EventOption sets an optional field of an event made by [NewEvent].
@@ -87,6 +97,7 @@ func NewEvent(name, source string, typ EventType, data any, opts ...EventOption)
 		Time:   time.Now().UTC(),
 		Data:   raw,
 	}
+	e.checked = raw
 	for _, o := range opts {
 		o(&e)
 	}
@@ -131,7 +142,7 @@ func (e *Event) Validate() error {
 	if !e.Type.Valid() {
 		return fmt.Errorf("%w: %s (%s) has type %s; use Domain, Integration, System, User or Notification", ErrInvalidEvent, e.Name, e.ID, e.Type)
 	}
-	if len(e.Data) > 0 && !json.Valid(e.Data) {
+	if len(e.Data) > 0 && !e.dataChecked() && !json.Valid(e.Data) {
 		return fmt.Errorf("%w: %s (%s) data is not valid JSON", ErrInvalidEvent, e.Name, e.ID)
 	}
 	return nil

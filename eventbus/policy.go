@@ -29,7 +29,7 @@ type Policy struct {
 	// than this after the first.
 	MaxElapsed time.Duration
 	// HandlerTimeout bounds each handler call through its ctx; negative
-	// disables it.
+	// disables it, and so does the default.
 	HandlerTimeout time.Duration
 	// IdempotencyWindow, when positive, makes the subscription skip an event
 	// whose ID it already handled within the window, so at-least-once
@@ -44,8 +44,10 @@ type Policy struct {
 //     short enough that a real bug reaches the poison queue quickly and does
 //     not hold a concurrency slot for long.
 //   - MaxElapsed 1 minute, so a raised MaxAttempts cannot retry for hours.
-//   - HandlerTimeout 1 minute: a hung call is cancelled and retried rather
-//     than holding its slot forever; raise it for long-running handlers.
+//   - No HandlerTimeout: a deadline only cancels the handler's ctx, which
+//     a handler blocked elsewhere ignores, and a timer per event costs about
+//     a tenth of the in-memory throughput; set one per subscription where
+//     handlers call services that honour ctx.
 //   - Idempotency off: it costs a lookup per event and memory per ID, and
 //     handlers written to be idempotent do not need it.
 var DefaultPolicy = Policy{
@@ -55,7 +57,7 @@ var DefaultPolicy = Policy{
 	Multiplier:     2,
 	Jitter:         0.2,
 	MaxElapsed:     time.Minute,
-	HandlerTimeout: time.Minute,
+	HandlerTimeout: -1,
 }
 
 func (p Policy) withDefaults() Policy {

@@ -19,15 +19,31 @@ type Trace struct {
 	EventID string
 }
 
+// traceCtx carries a Trace in one allocation (context.WithValue would box
+// the Trace separately); this runs once per event.
+type traceCtx struct {
+	context.Context
+	t Trace
+}
+
+func (c *traceCtx) Value(key any) any {
+	if key == (traceKey{}) {
+		return &c.t
+	}
+	return c.Context.Value(key)
+}
+
 // WithTrace returns a ctx carrying t.
 func WithTrace(ctx context.Context, t Trace) context.Context {
-	return context.WithValue(ctx, traceKey{}, t)
+	return &traceCtx{Context: ctx, t: t}
 }
 
 // TraceFromContext returns the trace a Correlation middleware put in ctx.
 func TraceFromContext(ctx context.Context) (Trace, bool) {
-	t, ok := ctx.Value(traceKey{}).(Trace)
-	return t, ok
+	if t, ok := ctx.Value(traceKey{}).(*Trace); ok {
+		return *t, true
+	}
+	return Trace{}, false
 }
 
 // Correlation puts the handled message's correlation ID and event ID in its

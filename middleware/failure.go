@@ -69,6 +69,20 @@ func (f *failures) snapshot() (int, time.Time, time.Time) {
 	return f.attempts, f.first, f.last
 }
 
+// failuresCtx carries the failure record in the same allocation as the
+// ctx that holds it.
+type failuresCtx struct {
+	context.Context
+	f failures
+}
+
+func (c *failuresCtx) Value(key any) any {
+	if key == (failuresKey{}) {
+		return &c.f
+	}
+	return c.Context.Value(key)
+}
+
 func failuresFrom(ctx context.Context) *failures {
 	f, _ := ctx.Value(failuresKey{}).(*failures)
 	return f

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -39,9 +40,10 @@ type Poison struct {
 // Middleware returns the middleware.
 func (p Poison) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
-		f := &failures{}
 		orig := msg.Context()
-		msg.SetContext(context.WithValue(orig, failuresKey{}, f))
+		fc := &failuresCtx{Context: orig}
+		f := &fc.f
+		msg.SetContext(fc)
 		out, err := h(msg)
 		msg.SetContext(orig)
 		if err == nil {
@@ -76,8 +78,17 @@ func (p Poison) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			return nil, errors.Join(err, serr)
 		}
 		if p.Logger != nil {
-			p.Logger.Warn("eventbus: event moved to poison queue", "message_id", msg.UUID, "subscription", p.Subscription, "reason", md[wire.PoisonReason], "attempts", attempts, "error", err)
+			p.Logger.Warn("eventbus: event moved to poison queue", "message_id", msg.UUID, "subscription", p.Subscription, "reason", md[wire.PoisonReason], "attempts", attempts, "error", firstLine(err.Error()))
 		}
 		return nil, nil
 	}
+}
+
+// firstLine keeps log lines short: a panic's error carries the whole stack,
+// which the poison record keeps in full.
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " (more in the poison record)"
+	}
+	return s
 }

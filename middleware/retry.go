@@ -3,6 +3,7 @@ package middleware
 import (
 	"context"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -26,7 +27,7 @@ type Retry struct {
 	InitialInterval time.Duration
 	// Multiplier grows the delay after each further failure.
 	Multiplier float64
-	// MaxInterval caps a single delay.
+	// MaxInterval caps a single delay; zero means no cap.
 	MaxInterval time.Duration
 	// RandomizationFactor spreads each delay to delay*(1±factor), so that
 	// consumers that failed together do not retry in lock step.
@@ -56,11 +57,19 @@ func (r Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 				return out, err
 			}
 			if b == nil {
+				maxInterval := r.MaxInterval
+				if maxInterval <= 0 {
+					// backoff.ExponentialBackOff with a zero MaxInterval
+					// never grows the delay (the Multiplier is ignored).
+					// A quarter of the largest Duration leaves room for
+					// the jitter without overflowing.
+					maxInterval = math.MaxInt64 / 4
+				}
 				b = &backoff.ExponentialBackOff{
 					InitialInterval:     r.InitialInterval,
 					RandomizationFactor: r.RandomizationFactor,
 					Multiplier:          r.Multiplier,
-					MaxInterval:         r.MaxInterval,
+					MaxInterval:         maxInterval,
 				}
 				b.Reset()
 			}

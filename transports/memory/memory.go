@@ -339,7 +339,7 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 		return nil, ErrClosed
 	}
 	g := s.t.b.bind(s.cfg.Group, p)
-	out := make(chan *message.Message)
+	out := make(chan *message.Message, s.cfg.Concurrency)
 	stop := make(chan struct{})
 	var workers sync.WaitGroup
 	for range s.cfg.Concurrency {
