@@ -3,7 +3,6 @@ package eventbus
 import (
 	"crypto/tls"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -72,8 +71,9 @@ func (c Config) validate() error {
 }
 
 // RedactURL returns rawURL with any password replaced by "xxxxx", for logs
-// and errors. Text that does not parse as a URL is hidden entirely after
-// its scheme, since it may still hold a secret.
+// and errors. Text that does not parse as a URL, or parses as an opaque URL
+// (no "//" after the scheme), is hidden entirely after its scheme, since it
+// may still hold a secret.
 func RedactURL(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -82,8 +82,10 @@ func RedactURL(rawURL string) string {
 		}
 		return "(unparsable URL hidden)"
 	}
+	if u.Opaque != "" {
+		// "amqp:user:pass@host" or "user:pass@host:5672" (no "//") parse
+		// with the password in the opaque part, which Redacted keeps.
+		return u.Scheme + ":(opaque URL hidden)"
+	}
 	return u.Redacted()
 }
-
-// discardLogger is used where a logger is optional and absent.
-var discardLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
