@@ -480,6 +480,39 @@ func testCloseWaitsForHandlers(e *env) {
 	}
 }
 
+// testCloseDeadline: when Close's ctx ends before a handler does, Close
+// returns the ctx's error, the handler's ctx is cancelled, and the event
+// (not acknowledged) reaches the next instance of the subscription.
+func testCloseDeadline(e *env) {
+	b := e.bus("close-deadline")
+	started := make(chan struct{})
+	cancelled := make(chan struct{})
+	e.subscribe(b, "stuck.job", func(ctx context.Context, ev eventbus.Event) error {
+		close(started)
+		<-ctx.Done()
+		close(cancelled)
+		return ctx.Err()
+	}, eventbus.SubscriptionName("stuck"))
+	e.start(b)
+	ev := e.event("stuck.job", nil)
+	e.publish(b, ev)
+	e.waitChan("handler start", started)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := b.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		e.t.Errorf("Close past its deadline: got %v, want DeadlineExceeded", err)
+	}
+	e.waitChan("handler ctx cancelled after Close gave up", cancelled)
+	next := e.bus("close-deadline")
+	r := newRecorder()
+	e.subscribe(next, "stuck.job", r.handle, eventbus.SubscriptionName("stuck"))
+	e.start(next)
+	e.waitFor("the unfinished event at the next instance", func() bool { return r.has(ev.ID) }, func() string { return "lost" })
+	if ps, err := next.Poisoned(e.ctx()); err != nil || len(ps) != 0 {
+		e.t.Errorf("an event interrupted by Close was poisoned (%d, %v); it must come back instead", len(ps), err)
+	}
+}
+
 // testPublishContextCancelled: Publish with a cancelled ctx fails with the
 // ctx's error.
 func testPublishContextCancelled(e *env) {

@@ -51,6 +51,7 @@ var tests = []struct {
 	{"LargePayload", testLargePayload},
 	{"PublishAfterClose", testPublishAfterClose},
 	{"CloseWaitsForHandlers", testCloseWaitsForHandlers},
+	{"CloseDeadlineRedelivers", testCloseDeadline},
 	{"PublishContextCancelled", testPublishContextCancelled},
 	{"SubscribeBeforeAndAfterStart", testSubscribeBeforeAndAfterStart},
 	{"PublishWithoutStart", testPublishWithoutStart},

@@ -1,11 +1,17 @@
 package memory_test
 
 import (
+	"context"
+	"errors"
+	"runtime"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/paissive/go-eventbus/contracttests"
+	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/transports/memory"
 )
 
@@ -20,4 +26,139 @@ func freshURL(t testing.TB) string {
 
 func TestContract(t *testing.T) {
 	contracttests.Run(t, contracttests.Harness{Name: "memory", URL: freshURL, Parallel: true})
+}
+
+func newBus(t *testing.T, url, service string) *eventbus.Bus {
+	t.Helper()
+	b, err := eventbus.New(context.Background(), eventbus.Config{ServiceName: service, URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	return b
+}
+
+// A full subscription makes Publish wait (back-pressure) instead of
+// buffering without bound; the wait ends with the caller's ctx and the
+// error names the event that was not published.
+func TestBackPressure(t *testing.T) {
+	url := freshURL(t) + "?buffer=2"
+	tr, err := eventbus.OpenTransport(context.Background(), eventbus.Config{ServiceName: "bp", URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "bp.idle", Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Subscribing creates the durable group; closing leaves it with no
+	// consumer, like a RabbitMQ queue whose service is down.
+	if _, err := sub.Subscribe(context.Background(), "bp.#"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	pub := newBus(t, url, "bp-pub")
+	for i := range 2 {
+		ev, _ := eventbus.NewEvent("bp.event", "bp", eventbus.Domain, i)
+		if err := pub.Publish(context.Background(), ev); err != nil {
+			t.Fatalf("publishing into free buffer space: %v", err)
+		}
+	}
+	ev, _ := eventbus.NewEvent("bp.event", "bp", eventbus.Domain, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err = pub.Publish(ctx, ev)
+	var pe *eventbus.PublishError
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &pe) || pe.IDs()[0] != ev.ID {
+		t.Fatalf("publishing into a full subscription: got %v, want a PublishError naming %s with DeadlineExceeded", err, ev.ID)
+	}
+
+	// A consumer drains the two buffered events; then there is room again.
+	b := newBus(t, url, "bp")
+	var handled atomic.Int32
+	if err := b.Subscribe("bp.#", func(context.Context, eventbus.Event) error { handled.Add(1); return nil }, eventbus.SubscriptionName("idle")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, func() bool { return handled.Load() == 2 })
+	if err := pub.Publish(context.Background(), ev); err != nil {
+		t.Fatalf("publishing after the consumer drained the buffer: %v", err)
+	}
+	waitUntil(t, func() bool { return handled.Load() == 3 })
+}
+
+// Work is done by a fixed set of goroutines: thousands of queued events do
+// not start a goroutine each.
+func TestNoGoroutinePerEvent(t *testing.T) {
+	url := freshURL(t)
+	b := newBus(t, url, "gr")
+	release := make(chan struct{})
+	var handled atomic.Int32
+	if err := b.Subscribe("gr.#", func(context.Context, eventbus.Event) error {
+		<-release
+		handled.Add(1)
+		return nil
+	}, eventbus.Concurrency(4)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	const n = 1000
+	evs := make([]eventbus.Event, n)
+	for i := range evs {
+		evs[i], _ = eventbus.NewEvent("gr.event", "gr", eventbus.Domain, i)
+	}
+	if err := b.Publish(context.Background(), evs...); err != nil {
+		t.Fatal(err)
+	}
+	// Four handlers are blocked; the other events wait in the buffer.
+	waitUntil(t, func() bool { return runtime.NumGoroutine() >= before+4 })
+	if g := runtime.NumGoroutine(); g > before+20 {
+		t.Errorf("%d goroutines with %d events queued (%d before publishing); want a fixed number", g, n, before)
+	}
+	close(release)
+	waitUntil(t, func() bool { return handled.Load() == n })
+}
+
+func TestURLParameters(t *testing.T) {
+	for _, url := range []string{"mem://x?buffer=0", "mem://x?buffer=lots", "mem://x?bufer=10"} {
+		_, err := eventbus.New(context.Background(), eventbus.Config{ServiceName: "u", URL: url})
+		if err == nil {
+			t.Errorf("New(%q) succeeded; want an error about the parameter", url)
+		}
+	}
+}
+
+// Buses on different broker names do not see each other's events; Forget
+// gives a fresh broker.
+func TestBrokerIsolation(t *testing.T) {
+	a, b := newBus(t, freshURL(t)+"-a", "iso"), newBus(t, freshURL(t)+"-b", "iso")
+	if err := b.Subscribe("iso.#", func(context.Context, eventbus.Event) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := eventbus.NewEvent("iso.event", "iso", eventbus.Domain, nil)
+	if err := a.Publish(context.Background(), ev); !errors.Is(err, eventbus.ErrUnroutable) {
+		t.Errorf("publishing on broker a with a subscriber only on broker b: got %v, want ErrUnroutable", err)
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
