@@ -139,7 +139,9 @@ func testCompetingConsumers(e *env) {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(seen) == total
-	}, func() string { return fmt.Sprintf("instance 1 handled %d, instance 2 handled %d", n1.Load(), n2.Load()) })
+	}, func() string {
+		return fmt.Sprintf("instance 1 handled %d, instance 2 handled %d", n1.Load(), n2.Load())
+	})
 	if n1.Load() == 0 || n2.Load() == 0 {
 		e.t.Errorf("work was not shared: instance 1 handled %d, instance 2 handled %d", n1.Load(), n2.Load())
 	}
