@@ -3,6 +3,7 @@ package eventbus
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 )
 
@@ -72,6 +73,7 @@ type FailedEvent struct {
 	Err  error
 }
 
+// Error lists up to five failed events with their causes.
 func (e *PublishError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "eventbus: %d event(s) not published:", len(e.Failed))
@@ -93,7 +95,9 @@ func (e *PublishError) Unwrap() []error {
 	for _, f := range e.Failed {
 		dup := false
 		for _, x := range errs {
-			if x == f.Err {
+			// Only comparable errors can be compared, as in errors.Is: ==
+			// on two errors of a slice type (sarama.ProducerErrors) panics.
+			if t := reflect.TypeOf(x); t == reflect.TypeOf(f.Err) && (t == nil || t.Comparable()) && x == f.Err {
 				dup = true
 				break
 			}

@@ -95,6 +95,7 @@ type ValidationError struct {
 	Err error
 }
 
+// Error names the schema and what is wrong with the data.
 func (e *ValidationError) Error() string {
 	return fmt.Sprintf("eventbus: data of %s is invalid: %v", e.Schema, e.Err)
 }
