@@ -1,6 +1,7 @@
 package eventbus
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -110,21 +111,24 @@ func NewEvent(name, source string, typ EventType, data any, opts ...EventOption)
 func marshalData(data any) (json.RawMessage, error) {
 	switch d := data.(type) {
 	case json.RawMessage:
-		if !json.Valid(d) {
-			return nil, fmt.Errorf("%w: data is not valid JSON", ErrInvalidEvent)
-		}
-		return d, nil
+		return checkRaw(d)
 	case []byte:
-		if !json.Valid(d) {
-			return nil, fmt.Errorf("%w: data is not valid JSON", ErrInvalidEvent)
-		}
-		return json.RawMessage(d), nil
+		return checkRaw(d)
 	}
 	raw, err := json.Marshal(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: cannot marshal data to JSON: %v", ErrInvalidEvent, err)
 	}
 	return raw, nil
+}
+
+// checkRaw validates caller-supplied JSON and copies it, so that a caller
+// reusing its buffer cannot change an event already found valid.
+func checkRaw(d []byte) (json.RawMessage, error) {
+	if !json.Valid(d) {
+		return nil, fmt.Errorf("%w: data is not valid JSON", ErrInvalidEvent)
+	}
+	return json.RawMessage(bytes.Clone(d)), nil
 }
 
 // Validate reports whether the event can be published: a non-empty ID, a

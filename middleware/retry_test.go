@@ -244,3 +244,32 @@ func TestRetryRecordsFailures(t *testing.T) {
 		t.Errorf("recorded %d failures, want 1", n)
 	}
 }
+
+// TestRetryWaitDoesNotBlockOthers: a message waiting for its retry holds no
+// lock, so other messages through the same middleware go on.
+func TestRetryWaitDoesNotBlockOthers(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var waiting calls
+	h := Retry{MaxAttempts: 3, InitialInterval: time.Hour}.Middleware(func(m *message.Message) ([]*message.Message, error) {
+		if m.UUID == "slow" {
+			waiting.add()
+			return nil, errFlaky
+		}
+		return nil, nil
+	})
+	slow := newMsg("slow")
+	slow.SetContext(ctx)
+	done := make(chan error, 1)
+	go func() { _, err := h(slow); done <- err }()
+	waitFor(t, "the slow message's first call", func() bool { return waiting.count() == 1 })
+	for i := range 10 {
+		if _, err := h(newMsg(fmt.Sprint("fast-", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("slow message: %v", err)
+	}
+}

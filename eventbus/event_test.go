@@ -1,0 +1,330 @@
+package eventbus_test
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/paissive/go-eventbus/eventbus"
+)
+
+func TestEventTypeString(t *testing.T) {
+	want := map[eventbus.EventType]string{
+		eventbus.Domain:       "domain",
+		eventbus.Integration:  "integration",
+		eventbus.System:       "system",
+		eventbus.User:         "user",
+		eventbus.Notification: "notification",
+		0:                     "EventType(0)",
+		6:                     "EventType(6)",
+		255:                   "EventType(255)",
+	}
+	for typ, s := range want {
+		if got := typ.String(); got != s {
+			t.Errorf("EventType(%d).String() = %q, want %q", uint8(typ), got, s)
+		}
+		if valid := !strings.HasPrefix(s, "EventType("); typ.Valid() != valid {
+			t.Errorf("EventType(%d).Valid() = %v, want %v", uint8(typ), typ.Valid(), valid)
+		}
+	}
+}
+
+func TestParseEventType(t *testing.T) {
+	for in, want := range map[string]eventbus.EventType{
+		"domain": eventbus.Domain, "DOMAIN": eventbus.Domain, "Domain": eventbus.Domain,
+		"integration": eventbus.Integration, "INTEGRATION": eventbus.Integration,
+		"system": eventbus.System, "SyStEm": eventbus.System,
+		"user": eventbus.User, "USER": eventbus.User,
+		"notification": eventbus.Notification, "Notification": eventbus.Notification,
+	} {
+		got, err := eventbus.ParseEventType(in)
+		if err != nil || got != want {
+			t.Errorf("ParseEventType(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "domains", " domain", "domain ", "EventType(1)", "1", "dömain", "event"} {
+		got, err := eventbus.ParseEventType(in)
+		if err == nil {
+			t.Errorf("ParseEventType(%q) = %v, want an error", in, got)
+			continue
+		}
+		if !errors.Is(err, eventbus.ErrInvalidEvent) {
+			t.Errorf("ParseEventType(%q) error %v does not wrap ErrInvalidEvent", in, err)
+		}
+		if !strings.Contains(err.Error(), "domain, integration, system, user, notification") {
+			t.Errorf("ParseEventType(%q) error %q does not list the valid types", in, err)
+		}
+	}
+}
+
+func TestEventTypeText(t *testing.T) {
+	for typ := eventbus.Domain; typ <= eventbus.Notification; typ++ {
+		b, err := typ.MarshalText()
+		if err != nil || string(b) != typ.String() {
+			t.Errorf("%v.MarshalText() = %q, %v", typ, b, err)
+		}
+		var back eventbus.EventType
+		if err := back.UnmarshalText(b); err != nil || back != typ {
+			t.Errorf("UnmarshalText(%q) = %v, %v; want %v", b, back, err, typ)
+		}
+		if err := back.UnmarshalText([]byte(strings.ToUpper(string(b)))); err != nil || back != typ {
+			t.Errorf("UnmarshalText(upper %q) = %v, %v; want %v", b, back, err, typ)
+		}
+	}
+	if b, err := eventbus.EventType(0).MarshalText(); err == nil || !errors.Is(err, eventbus.ErrInvalidEvent) {
+		t.Errorf("EventType(0).MarshalText() = %q, %v; want an ErrInvalidEvent", b, err)
+	}
+	back := eventbus.System
+	if err := back.UnmarshalText([]byte("bogus")); err == nil {
+		t.Error("UnmarshalText(bogus) succeeded")
+	}
+	if back != eventbus.System {
+		t.Errorf("a failed UnmarshalText changed the value to %v", back)
+	}
+}
+
+func TestEventTypeJSON(t *testing.T) {
+	type doc struct {
+		Type  eventbus.EventType            `json:"type"`
+		Types []eventbus.EventType          `json:"types"`
+		ByTyp map[eventbus.EventType]string `json:"by_type"`
+	}
+	in := doc{
+		Type:  eventbus.Integration,
+		Types: []eventbus.EventType{eventbus.Domain, eventbus.Notification},
+		ByTyp: map[eventbus.EventType]string{eventbus.User: "u"},
+	}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `{"type":"integration","types":["domain","notification"],"by_type":{"user":"u"}}`
+	if string(b) != want {
+		t.Errorf("json.Marshal = %s, want %s", b, want)
+	}
+	var out doc
+	if err := json.Unmarshal([]byte(`{"type":"INTEGRATION","types":["Domain","notification"],"by_type":{"USER":"u"}}`), &out); err != nil {
+		t.Fatal(err)
+	}
+	if out.Type != in.Type || len(out.Types) != 2 || out.Types[0] != eventbus.Domain || out.Types[1] != eventbus.Notification || out.ByTyp[eventbus.User] != "u" {
+		t.Errorf("json.Unmarshal = %+v, want %+v", out, in)
+	}
+	if err := json.Unmarshal([]byte(`{"type":"bogus"}`), &out); err == nil {
+		t.Error("json.Unmarshal of an unknown type succeeded")
+	}
+	if err := json.Unmarshal([]byte(`{"type":1}`), &out); err == nil {
+		t.Error("json.Unmarshal of a number as type succeeded")
+	}
+	if _, err := json.Marshal(doc{}); err == nil {
+		t.Error("json.Marshal of the zero EventType succeeded")
+	}
+}
+
+type signup struct {
+	Email string `json:"email"`
+	Plan  string `json:"plan,omitempty"`
+}
+
+func TestNewEvent(t *testing.T) {
+	before := time.Now()
+	ev, err := eventbus.NewEvent("user.registered", "accounts", eventbus.User, signup{Email: "a@example.com"})
+	after := time.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := uuid.Parse(ev.ID); err != nil {
+		t.Errorf("ID %q is not a UUID: %v", ev.ID, err)
+	}
+	if ev.Name != "user.registered" || ev.Source != "accounts" || ev.Type != eventbus.User {
+		t.Errorf("NewEvent = %+v", ev)
+	}
+	if ev.Time.Location() != time.UTC {
+		t.Errorf("Time %v is not in UTC", ev.Time)
+	}
+	if ev.Time.Before(before.Add(-time.Millisecond)) || ev.Time.After(after.Add(time.Millisecond)) {
+		t.Errorf("Time %v is not between %v and %v", ev.Time, before, after)
+	}
+	if string(ev.Data) != `{"email":"a@example.com"}` {
+		t.Errorf("Data = %s", ev.Data)
+	}
+	if ev.CorrelationID != "" || ev.CausationID != "" || ev.PartitionKey != "" || ev.DataVersion != "" || ev.Metadata != nil {
+		t.Errorf("optional fields set without options: %+v", ev)
+	}
+
+	ev2, err := eventbus.NewEvent("user.registered", "accounts", eventbus.User, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev2.ID == ev.ID {
+		t.Error("two events got the same ID")
+	}
+	if string(ev2.Data) != "null" {
+		t.Errorf("nil data = %s, want null", ev2.Data)
+	}
+}
+
+func TestNewEventOptions(t *testing.T) {
+	at := time.Date(2024, 2, 29, 23, 30, 0, 123456789, time.FixedZone("X", -5*3600))
+	ev, err := eventbus.NewEvent("order.placed", "shop", eventbus.Domain, json.RawMessage(`{"n": 1}`),
+		eventbus.WithID("order-42"),
+		eventbus.WithTime(at),
+		eventbus.WithCorrelationID("corr"),
+		eventbus.WithCausationID("cause"),
+		eventbus.WithPartitionKey("customer-7"),
+		eventbus.WithDataVersion("2.1"),
+		eventbus.WithMetadata("tenant", "acme"),
+		eventbus.WithMetadata("région", "ünïcode"),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := eventbus.Event{
+		ID: "order-42", Name: "order.placed", Source: "shop", Type: eventbus.Domain,
+		Time: at.UTC(), DataVersion: "2.1", CorrelationID: "corr", CausationID: "cause",
+		PartitionKey: "customer-7", Metadata: map[string]string{"tenant": "acme", "région": "ünïcode"},
+		Data: json.RawMessage(`{"n": 1}`),
+	}
+	assertEventEqual(t, ev, want)
+	if ev.Time.Location() != time.UTC || !ev.Time.Equal(at) {
+		t.Errorf("WithTime: Time = %v (%v), want %v in UTC", ev.Time, ev.Time.Location(), at)
+	}
+	// []byte is taken as JSON too.
+	ev, err = eventbus.NewEvent("a", "s", eventbus.System, []byte(`[1,2]`))
+	if err != nil || string(ev.Data) != "[1,2]" {
+		t.Errorf("NewEvent with []byte = %s, %v", ev.Data, err)
+	}
+	// A string is marshalled, not taken as JSON.
+	ev, err = eventbus.NewEvent("a", "s", eventbus.System, "[1,2]")
+	if err != nil || string(ev.Data) != `"[1,2]"` {
+		t.Errorf("NewEvent with string = %s, %v", ev.Data, err)
+	}
+}
+
+func TestNewEventInvalid(t *testing.T) {
+	cases := []struct {
+		label    string
+		name     string
+		source   string
+		typ      eventbus.EventType
+		data     any
+		opts     []eventbus.EventOption
+		sentinel error
+		mention  string
+	}{
+		{"empty name", "", "s", eventbus.Domain, nil, nil, eventbus.ErrInvalidName, "empty"},
+		{"wildcard name", "user.*", "s", eventbus.Domain, nil, nil, eventbus.ErrInvalidName, `"*"`},
+		{"bad segment", "user..x", "s", eventbus.Domain, nil, nil, eventbus.ErrInvalidName, "segment 2"},
+		{"zero type", "a", "s", 0, nil, nil, eventbus.ErrInvalidEvent, "EventType(0)"},
+		{"unknown type", "a", "s", 42, nil, nil, eventbus.ErrInvalidEvent, "EventType(42)"},
+		{"empty source", "a", "", eventbus.Domain, nil, nil, eventbus.ErrInvalidEvent, "Source"},
+		{"empty ID", "a", "s", eventbus.Domain, nil, []eventbus.EventOption{eventbus.WithID("")}, eventbus.ErrInvalidEvent, "ID"},
+		{"invalid raw JSON", "a", "s", eventbus.Domain, json.RawMessage(`{"a":`), nil, eventbus.ErrInvalidEvent, "JSON"},
+		{"invalid JSON bytes", "a", "s", eventbus.Domain, []byte("not json"), nil, eventbus.ErrInvalidEvent, "JSON"},
+		{"empty raw JSON", "a", "s", eventbus.Domain, json.RawMessage{}, nil, eventbus.ErrInvalidEvent, "JSON"},
+		{"unmarshallable", "a", "s", eventbus.Domain, make(chan int), nil, eventbus.ErrInvalidEvent, "JSON"},
+		{"unmarshallable float", "a", "s", eventbus.Domain, map[string]float64{"x": inf()}, nil, eventbus.ErrInvalidEvent, "JSON"},
+	}
+	for _, tc := range cases {
+		ev, err := eventbus.NewEvent(tc.name, tc.source, tc.typ, tc.data, tc.opts...)
+		if err == nil {
+			t.Errorf("%s: NewEvent = %+v, want an error", tc.label, ev)
+			continue
+		}
+		if !errors.Is(err, tc.sentinel) {
+			t.Errorf("%s: error %v does not wrap %v", tc.label, err, tc.sentinel)
+		}
+		if !strings.Contains(err.Error(), tc.mention) {
+			t.Errorf("%s: error %q does not mention %s", tc.label, err, tc.mention)
+		}
+		if ev.ID != "" {
+			t.Errorf("%s: NewEvent returned a non-zero event with its error", tc.label)
+		}
+	}
+}
+
+func inf() float64 {
+	var zero float64
+	return 1 / zero
+}
+
+func TestEventValidate(t *testing.T) {
+	ev, err := eventbus.NewEvent("a.b", "s", eventbus.Domain, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ev.Validate(); err != nil {
+		t.Errorf("Validate of a fresh event: %v", err)
+	}
+	ev.Data = nil // no data is allowed
+	if err := ev.Validate(); err != nil {
+		t.Errorf("Validate without data: %v", err)
+	}
+	ev.Data = json.RawMessage("{")
+	if err := ev.Validate(); !errors.Is(err, eventbus.ErrInvalidEvent) {
+		t.Errorf("Validate with bad data = %v", err)
+	}
+}
+
+func TestEventDecode(t *testing.T) {
+	ev, err := eventbus.NewEvent("user.registered", "accounts", eventbus.User, signup{Email: "ü@example.com", Plan: "pro"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got signup
+	if err := ev.Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got != (signup{Email: "ü@example.com", Plan: "pro"}) {
+		t.Errorf("Decode = %+v", got)
+	}
+	var m map[string]any
+	if err := ev.Decode(&m); err != nil || m["plan"] != "pro" {
+		t.Errorf("Decode into a map = %v, %v", m, err)
+	}
+
+	var n int
+	err = ev.Decode(&n)
+	if err == nil {
+		t.Error("Decode of an object into an int succeeded")
+	} else if !strings.Contains(err.Error(), ev.ID) || !strings.Contains(err.Error(), "user.registered") {
+		t.Errorf("Decode error %q does not name the event", err)
+	}
+	var ute *json.UnmarshalTypeError
+	if !errors.As(err, &ute) {
+		t.Errorf("Decode error %v does not wrap the JSON error", err)
+	}
+
+	ev.Data = nil
+	if err := ev.Decode(&got); !errors.Is(err, eventbus.ErrInvalidEvent) {
+		t.Errorf("Decode without data = %v, want ErrInvalidEvent", err)
+	}
+}
+
+// assertEventEqual compares events field by field; a nil and an empty
+// Metadata map are equal.
+func assertEventEqual(t *testing.T, got, want eventbus.Event) {
+	t.Helper()
+	if got.ID != want.ID || got.Name != want.Name || got.Source != want.Source || got.Type != want.Type ||
+		got.DataVersion != want.DataVersion || got.CorrelationID != want.CorrelationID ||
+		got.CausationID != want.CausationID || got.PartitionKey != want.PartitionKey {
+		t.Errorf("event differs:\n got  %+v\n want %+v", got, want)
+	}
+	if !got.Time.Equal(want.Time) {
+		t.Errorf("Time = %v, want %v", got.Time, want.Time)
+	}
+	if string(got.Data) != string(want.Data) {
+		t.Errorf("Data = %s, want %s", got.Data, want.Data)
+	}
+	if len(got.Metadata) != len(want.Metadata) {
+		t.Errorf("Metadata = %q, want %q", got.Metadata, want.Metadata)
+	}
+	for k, v := range want.Metadata {
+		if gv, ok := got.Metadata[k]; !ok || gv != v {
+			t.Errorf("Metadata[%q] = %q (present %v), want %q", k, gv, ok, v)
+		}
+	}
+}

@@ -1,0 +1,194 @@
+package eventbus_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+
+	"github.com/paissive/go-eventbus/eventbus"
+	_ "github.com/paissive/go-eventbus/transports/memory"
+)
+
+// A service creates one bus with its name and a broker URL. Importing a
+// transport package registers its URL scheme; "mem://" is the in-process
+// broker, "amqp://guest:guest@localhost:5672/" would be RabbitMQ.
+func ExampleNew() {
+	ctx := context.Background()
+	bus, err := eventbus.New(ctx, eventbus.Config{ServiceName: "billing", URL: "mem://example-new"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer bus.Close(ctx)
+	fmt.Println(bus.ServiceName())
+
+	// A scheme whose transport is not imported names the missing import.
+	_, err = eventbus.New(ctx, eventbus.Config{ServiceName: "billing", URL: "kafka://localhost:9092"})
+	fmt.Println(err)
+	// Output:
+	// billing
+	// eventbus: no transport registered for "kafka" URLs (kafka://localhost:9092); add `import _ "github.com/paissive/go-eventbus/transports/kafka"` to the program
+}
+
+// Handlers subscribe to patterns: "*" matches one segment, "#" any number.
+// Start returns once the subscriptions consume.
+func ExampleBus_Subscribe() {
+	ctx := context.Background()
+	bus, err := eventbus.New(ctx, eventbus.Config{ServiceName: "marketing", URL: "mem://example-subscribe"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer bus.Close(ctx)
+
+	handled := make(chan string)
+	err = bus.Subscribe("user.*", func(ctx context.Context, ev eventbus.Event) error {
+		var user struct {
+			Name string `json:"name"`
+		}
+		if err := ev.Decode(&user); err != nil {
+			return eventbus.Permanent(err) // malformed data: no retries, straight to the poison queue
+		}
+		handled <- ev.Name + ": " + user.Name
+		return nil // acknowledged; an error would be retried
+	}, eventbus.Concurrency(4))
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+
+	ev, err := eventbus.NewEvent("user.registered", "users", eventbus.Domain, map[string]string{"name": "ada"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := bus.Publish(ctx, ev); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(<-handled)
+	// Output: user.registered: ada
+}
+
+// Publish returns once the broker has accepted every event. An event
+// published with a handler's ctx continues the handled event's correlation.
+func ExampleBus_Publish() {
+	ctx := context.Background()
+	bus, err := eventbus.New(ctx, eventbus.Config{ServiceName: "orders", URL: "mem://example-publish"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer bus.Close(ctx)
+
+	paid := make(chan eventbus.Event)
+	err = bus.Subscribe("order.placed", func(ctx context.Context, ev eventbus.Event) error {
+		next, err := eventbus.NewEvent("payment.requested", "orders", eventbus.Domain, ev.Data)
+		if err != nil {
+			return err
+		}
+		return bus.Publish(ctx, next) // the handler's ctx carries the correlation
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = bus.Subscribe("payment.requested", func(ctx context.Context, ev eventbus.Event) error {
+		paid <- ev
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+
+	placed, err := eventbus.NewEvent("order.placed", "orders", eventbus.Domain, map[string]int{"total_cents": 4200},
+		eventbus.WithCorrelationID("order-42"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := bus.Publish(ctx, placed); err != nil {
+		log.Fatal(err)
+	}
+	ev := <-paid
+	fmt.Println(ev.Name, string(ev.Data))
+	fmt.Println("correlation:", ev.CorrelationID)
+	fmt.Println("caused by order.placed:", ev.CausationID == placed.ID)
+
+	// An event that no subscription matches is an error, not a silent loss.
+	lost, _ := eventbus.NewEvent("order.lost", "orders", eventbus.Domain, nil)
+	err = bus.Publish(ctx, lost)
+	fmt.Println(errors.Is(err, eventbus.ErrUnroutable))
+	// Output:
+	// payment.requested {"total_cents":4200}
+	// correlation: order-42
+	// caused by order.placed: true
+	// true
+}
+
+// UserRegistered is the data of "user.registered" events; validator tags
+// are the schema's rules.
+type UserRegistered struct {
+	UserID   string `json:"user_id" validate:"required"`
+	Username string `json:"username" validate:"required"`
+	Email    string `json:"email" validate:"required,email"`
+}
+
+// A schema binds an event name to a Go type: events it creates carry
+// validated data, and handlers get the data parsed and validated.
+func ExampleNewSchema() {
+	userRegistered, err := eventbus.NewSchema[UserRegistered]("user.registered", eventbus.SchemaVersion("2"))
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	ev, err := userRegistered.NewEvent("users", UserRegistered{UserID: "123", Username: "john_doe", Email: "john.doe@example.com"}, eventbus.Domain)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(ev.Name, ev.DataVersion, string(ev.Data))
+
+	data, err := userRegistered.Parse(ev)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(data.Username)
+
+	// Invalid data is refused; the error is permanent, so a handler
+	// returning it (as Schema.Handler does) is not retried.
+	_, err = userRegistered.NewEvent("users", UserRegistered{UserID: "124", Username: "jane", Email: "jane-at-example"}, eventbus.Domain)
+	fmt.Println(err)
+	fmt.Println(eventbus.IsPermanent(err))
+	// Output:
+	// user.registered 2 {"user_id":"123","username":"john_doe","email":"john.doe@example.com"}
+	// john_doe
+	// eventbus: data of user.registered is invalid: Key: 'UserRegistered.Email' Error:Field validation for 'Email' failed on the 'email' tag
+	// true
+}
+
+// Patterns have RabbitMQ topic semantics on every transport, including the
+// cases where "#" matches zero segments.
+func ExampleCompilePattern() {
+	for _, pattern := range []string{"user.registered", "user.*", "user.#", "*.registered", "#.completed"} {
+		p, err := eventbus.CompilePattern(pattern)
+		if err != nil {
+			log.Fatal(err)
+		}
+		var matched []string
+		for _, name := range []string{"user", "user.registered", "user.profile.updated", "completed", "order.payment.completed"} {
+			if p.Match(name) {
+				matched = append(matched, name)
+			}
+		}
+		fmt.Printf("%-16s %v\n", pattern, matched)
+	}
+
+	_, err := eventbus.CompilePattern("user.re*")
+	fmt.Println(err)
+	// Output:
+	// user.registered  [user.registered]
+	// user.*           [user.registered]
+	// user.#           [user user.registered user.profile.updated]
+	// *.registered     [user.registered]
+	// #.completed      [completed order.payment.completed]
+	// eventbus: invalid pattern: pattern "user.re*": segment 2 "re*" mixes '*' with other characters; a wildcard must be a whole segment
+}

@@ -1,0 +1,389 @@
+package eventbus_test
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	cebinding "github.com/cloudevents/sdk-go/v2/binding/spec"
+	ceevent "github.com/cloudevents/sdk-go/v2/event"
+
+	"github.com/paissive/go-eventbus/eventbus"
+)
+
+func fullEvent(t *testing.T) eventbus.Event {
+	t.Helper()
+	ev, err := eventbus.NewEvent("order.payment.completed", "billing", eventbus.Integration,
+		map[string]any{"amount": 12.5, "currency": "EUR", "note": "naïve café ☕"},
+		eventbus.WithTime(time.Date(2025, 1, 2, 3, 4, 5, 600700800, time.UTC)),
+		eventbus.WithCorrelationID("corr-1"),
+		eventbus.WithCausationID("cause-1"),
+		eventbus.WithPartitionKey("customer-7"),
+		eventbus.WithDataVersion("3"),
+		eventbus.WithMetadata("tenant", "acme"),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+func TestEncodeMessageHeaders(t *testing.T) {
+	ev := fullEvent(t)
+	msg := eventbus.EncodeMessage(ev)
+	if msg.UUID != ev.ID {
+		t.Errorf("UUID = %q, want the event ID %q", msg.UUID, ev.ID)
+	}
+	if string(msg.Payload) != string(ev.Data) {
+		t.Errorf("Payload = %s, want %s", msg.Payload, ev.Data)
+	}
+	want := map[string]string{
+		"ce_specversion":   "1.0",
+		"ce_id":            ev.ID,
+		"ce_source":        "billing",
+		"ce_type":          "order.payment.completed",
+		"ce_time":          "2025-01-02T03:04:05.6007008Z",
+		"ce_eventtype":     "integration",
+		"ce_dataversion":   "3",
+		"ce_correlationid": "corr-1",
+		"ce_causationid":   "cause-1",
+		"ce_partitionkey":  "customer-7",
+		"content-type":     "application/json",
+		"meta_tenant":      "acme",
+	}
+	for k, v := range want {
+		if got, ok := msg.Metadata[k]; !ok || got != v {
+			t.Errorf("header %s = %q (present %v), want %q", k, got, ok, v)
+		}
+	}
+	if len(msg.Metadata) != len(want) {
+		t.Errorf("headers = %v, want exactly %v", msg.Metadata, want)
+	}
+	// The exported names are the wire names.
+	for name, h := range map[string]string{
+		"ce_specversion": eventbus.HeaderSpecVersion, "ce_id": eventbus.HeaderID, "ce_source": eventbus.HeaderSource,
+		"ce_type": eventbus.HeaderType, "ce_time": eventbus.HeaderTime, "ce_eventtype": eventbus.HeaderEventType,
+		"ce_dataversion": eventbus.HeaderDataVersion, "ce_correlationid": eventbus.HeaderCorrelationID,
+		"ce_causationid": eventbus.HeaderCausationID, "ce_partitionkey": eventbus.HeaderPartitionKey,
+		"content-type": eventbus.HeaderContentType, "meta_": eventbus.MetadataPrefix,
+	} {
+		if name != h {
+			t.Errorf("header constant %q, want %q", h, name)
+		}
+	}
+}
+
+func TestEncodeMessageOmitsEmptyOptionalHeaders(t *testing.T) {
+	ev, err := eventbus.NewEvent("a", "s", eventbus.Domain, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := eventbus.EncodeMessage(ev)
+	for _, h := range []string{eventbus.HeaderDataVersion, eventbus.HeaderCausationID, eventbus.HeaderPartitionKey} {
+		if _, ok := msg.Metadata[h]; ok {
+			t.Errorf("header %s present for an empty field", h)
+		}
+	}
+	ev.Data = nil
+	if msg := eventbus.EncodeMessage(ev); string(msg.Payload) != "null" {
+		t.Errorf("empty Data encodes as %q, want null", msg.Payload)
+	}
+}
+
+func TestWireRoundTrip(t *testing.T) {
+	long := strings.Repeat("λ-long value ", 5000)
+	events := map[string]eventbus.Event{}
+	events["full"] = fullEvent(t)
+
+	minimal, err := eventbus.NewEvent("a", "s", eventbus.Notification, json.RawMessage(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events["minimal"] = minimal
+
+	awkward, err := eventbus.NewEvent(strings.Repeat("x", 255), "service with spaces/and:colons ✓", eventbus.System,
+		json.RawMessage(`{"s":"\u0000 \"quoted\" \\ ☃ 🎉","n":[1,2.5e10,null,true],"empty":""}`),
+		eventbus.WithID("id with spaces ü"),
+		eventbus.WithCorrelationID("日本語"),
+		eventbus.WithPartitionKey(long),
+		eventbus.WithMetadata("", "empty key"),
+		eventbus.WithMetadata("empty", ""),
+		eventbus.WithMetadata("ce_id", "not the id"),
+		eventbus.WithMetadata("ce_type", "not.the.type"),
+		eventbus.WithMetadata("ce_specversion", "0.3"),
+		eventbus.WithMetadata("content-type", "text/plain"),
+		eventbus.WithMetadata("x-death", "[{count:1}]"),
+		eventbus.WithMetadata("meta_nested", "prefix twice"),
+		eventbus.WithMetadata("poison_reason", "user value"),
+		eventbus.WithMetadata("Mixed-Case Key", "ünïcödé ✓"),
+		eventbus.WithMetadata("long", long),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events["awkward"] = awkward
+
+	for label, ev := range events {
+		t.Run(label, func(t *testing.T) {
+			msg := eventbus.EncodeMessage(ev)
+			// Simulate the trip through a broker: only UUID, headers and
+			// payload survive.
+			received := message.NewMessage(msg.UUID, append([]byte(nil), msg.Payload...))
+			for k, v := range msg.Metadata {
+				received.Metadata[k] = v
+			}
+			got, err := eventbus.DecodeMessage(received)
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertEventEqual(t, got, ev)
+			if got.Time.Location() != time.UTC {
+				t.Errorf("decoded Time %v is not UTC", got.Time)
+			}
+		})
+	}
+}
+
+func TestWireRoundTripTimeZone(t *testing.T) {
+	ev := fullEvent(t)
+	ev.Time = time.Date(2025, 6, 1, 12, 0, 0, 1, time.FixedZone("CEST", 2*3600))
+	got, err := eventbus.DecodeMessage(eventbus.EncodeMessage(ev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Time.Equal(ev.Time) || got.Time.Location() != time.UTC {
+		t.Errorf("Time = %v, want %v in UTC", got.Time, ev.Time)
+	}
+}
+
+func TestDecodeMessageErrors(t *testing.T) {
+	type mutate func(*message.Message)
+	del := func(h string) mutate { return func(m *message.Message) { delete(m.Metadata, h) } }
+	set := func(h, v string) mutate { return func(m *message.Message) { m.Metadata[h] = v } }
+	body := func(b string) mutate { return func(m *message.Message) { m.Payload = []byte(b) } }
+	cases := []struct {
+		label    string
+		change   mutate
+		mentions []string
+		sentinel error // besides ErrInvalidEvent
+	}{
+		{"no specversion", del("ce_specversion"), []string{"lacks", "ce_specversion"}, nil},
+		{"no id", del("ce_id"), []string{"lacks", "ce_id"}, nil},
+		{"empty id", set("ce_id", ""), []string{"lacks", "ce_id"}, nil},
+		{"no source", del("ce_source"), []string{"lacks", "ce_source"}, nil},
+		{"no type", del("ce_type"), []string{"lacks", "ce_type"}, nil},
+		{"no time", del("ce_time"), []string{"lacks", "ce_time"}, nil},
+		{"no eventtype", del("ce_eventtype"), []string{"lacks", "ce_eventtype"}, nil},
+		{"bad specversion", set("ce_specversion", "0.3"), []string{"ce_specversion", `"0.3"`}, nil},
+		{"bad content type", set("content-type", "text/plain"), []string{"content-type", "text/plain"}, nil},
+		{"bad time", set("ce_time", "yesterday"), []string{"ce_time", "yesterday"}, nil},
+		{"time without zone", set("ce_time", "2025-01-02T03:04:05"), []string{"ce_time"}, nil},
+		{"unknown event type", set("ce_eventtype", "weird"), []string{"weird"}, nil},
+		{"invalid name", set("ce_type", "a..b"), []string{"a..b", "segment 2"}, eventbus.ErrInvalidName},
+		{"wildcard name", set("ce_type", "user.*"), []string{"user.*"}, eventbus.ErrInvalidName},
+		{"non-JSON body", body("<xml/>"), []string{"not JSON"}, nil},
+		{"empty body", body(""), []string{"not JSON"}, nil},
+		{"truncated JSON body", body(`{"a":`), []string{"not JSON"}, nil},
+	}
+	for _, tc := range cases {
+		msg := eventbus.EncodeMessage(fullEvent(t))
+		tc.change(msg)
+		ev, err := eventbus.DecodeMessage(msg)
+		if err == nil {
+			t.Errorf("%s: DecodeMessage = %+v, want an error", tc.label, ev)
+			continue
+		}
+		if !errors.Is(err, eventbus.ErrInvalidEvent) {
+			t.Errorf("%s: error %v does not wrap ErrInvalidEvent", tc.label, err)
+		}
+		if tc.sentinel != nil && !errors.Is(err, tc.sentinel) {
+			t.Errorf("%s: error %v does not wrap %v", tc.label, err, tc.sentinel)
+		}
+		if !strings.Contains(err.Error(), msg.UUID) {
+			t.Errorf("%s: error %q does not name the message %s", tc.label, err, msg.UUID)
+		}
+		for _, w := range tc.mentions {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %q does not mention %s", tc.label, err, w)
+			}
+		}
+	}
+
+	// Raw bytes from a foreign producer: every required header is named.
+	_, err := eventbus.DecodeMessage(message.NewMessage("raw-1", []byte("hello")))
+	if !errors.Is(err, eventbus.ErrInvalidEvent) {
+		t.Fatalf("raw message: %v", err)
+	}
+	for _, h := range []string{"ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "ce_eventtype"} {
+		if !strings.Contains(err.Error(), h) {
+			t.Errorf("raw message error %q does not name %s", err, h)
+		}
+	}
+}
+
+func TestDecodeMessageAccepts(t *testing.T) {
+	for label, change := range map[string]func(*message.Message){
+		"no content-type":        func(m *message.Message) { delete(m.Metadata, "content-type") },
+		"content-type with args": func(m *message.Message) { m.Metadata["content-type"] = "application/json; charset=utf-8" },
+		"RFC 3339 without fraction": func(m *message.Message) {
+			m.Metadata["ce_time"] = "2025-01-02T04:04:05+01:00"
+		},
+		"upper-case event type": func(m *message.Message) { m.Metadata["ce_eventtype"] = "INTEGRATION" },
+		"foreign headers":       func(m *message.Message) { m.Metadata["x-death"] = "1"; m.Metadata["_watermill_x"] = "y" },
+	} {
+		msg := eventbus.EncodeMessage(fullEvent(t))
+		change(msg)
+		ev, err := eventbus.DecodeMessage(msg)
+		if err != nil {
+			t.Errorf("%s: %v", label, err)
+			continue
+		}
+		if len(ev.Metadata) != 1 || ev.Metadata["tenant"] != "acme" {
+			t.Errorf("%s: Metadata = %q, want only tenant", label, ev.Metadata)
+		}
+	}
+}
+
+// toCloudEvent maps the headers of a message in binary content mode to a
+// CloudEvents SDK event, the way a CloudEvents Kafka consumer reads them.
+func toCloudEvent(t *testing.T, msg *message.Message) ceevent.Event {
+	t.Helper()
+	versions := cebinding.WithPrefix("ce_")
+	v := versions.Version(msg.Metadata[versions.PrefixedSpecVersionName()])
+	if v == nil {
+		t.Fatalf("the CloudEvents SDK knows no spec version %q", msg.Metadata[versions.PrefixedSpecVersionName()])
+	}
+	ce := ceevent.New()
+	ce.Context = v.NewContext()
+	for k, val := range msg.Metadata {
+		if k == versions.PrefixedSpecVersionName() || !strings.HasPrefix(k, "ce_") {
+			continue
+		}
+		if err := v.SetAttribute(ce.Context, k, val); err != nil {
+			t.Fatalf("setting CloudEvents attribute from %s=%q: %v", k, val, err)
+		}
+	}
+	if ct, ok := msg.Metadata["content-type"]; ok {
+		ce.SetDataContentType(ct)
+	}
+	ce.DataEncoded = msg.Payload
+	return ce
+}
+
+func TestWireIsCloudEvents(t *testing.T) {
+	ev := fullEvent(t)
+	ce := toCloudEvent(t, eventbus.EncodeMessage(ev))
+	if err := ce.Validate(); err != nil {
+		t.Fatalf("the encoded event is not a valid CloudEvent: %v", err)
+	}
+	if ce.SpecVersion() != "1.0" || ce.ID() != ev.ID || ce.Source() != ev.Source || ce.Type() != ev.Name ||
+		!ce.Time().Equal(ev.Time) || ce.DataContentType() != "application/json" {
+		t.Errorf("CloudEvent attributes = %v, want those of %+v", ce.Context, ev)
+	}
+	for ext, want := range map[string]string{
+		"eventtype": "integration", "dataversion": "3", "correlationid": "corr-1",
+		"causationid": "cause-1", "partitionkey": "customer-7",
+	} {
+		if got := ce.Extensions()[ext]; got != want {
+			t.Errorf("extension %s = %v, want %q", ext, got, want)
+		}
+	}
+	var data map[string]any
+	if err := ce.DataAs(&data); err != nil || data["currency"] != "EUR" {
+		t.Errorf("CloudEvent data = %v, %v", data, err)
+	}
+
+	// The check has teeth: without a required attribute Validate fails.
+	for _, h := range []string{"ce_id", "ce_source", "ce_type"} {
+		msg := eventbus.EncodeMessage(ev)
+		delete(msg.Metadata, h)
+		if err := toCloudEvent(t, msg).Validate(); err == nil {
+			t.Errorf("CloudEvent without %s validates", h)
+		}
+	}
+}
+
+// withBody returns a valid encoded event carrying body.
+func withBody(body []byte) *message.Message {
+	msg := message.NewMessage("m-1", body)
+	msg.Metadata = message.Metadata{
+		"ce_specversion": "1.0", "ce_id": "m-1", "ce_source": "s", "ce_type": "a.b",
+		"ce_time": "2025-01-02T03:04:05Z", "ce_eventtype": "domain", "content-type": "application/json",
+	}
+	return msg
+}
+
+// TestDecodeMessageDeeplyNestedBody: a hostile body must be rejected, not
+// overflow the stack (a fatal error that would crash the consumer on every
+// redelivery), and the body check must agree with encoding/json.Valid, which
+// rejects nesting deeper than 10,000 levels.
+func TestDecodeMessageDeeplyNestedBody(t *testing.T) {
+	nested := func(depth int, closed bool) []byte {
+		b := []byte(strings.Repeat("[", depth))
+		if closed {
+			b = append(b, strings.Repeat("]", depth)...)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		label string
+		body  []byte
+	}{
+		{"10,000 levels", nested(10_000, true)},
+		{"10,001 levels", nested(10_001, true)},
+		{"100,000 levels", nested(100_000, true)},
+		{"16 Mi unclosed levels", nested(16<<20, false)},
+		{"8 Mi levels", nested(8<<20, true)},
+		{"deep object", []byte(strings.Repeat(`{"a":`, 200_000) + "1" + strings.Repeat("}", 200_000))},
+	} {
+		_, err := eventbus.DecodeMessage(withBody(tc.body))
+		if want := json.Valid(tc.body); (err == nil) != want {
+			t.Errorf("%s: DecodeMessage error %v, but json.Valid = %v", tc.label, err, want)
+		}
+	}
+}
+
+// FuzzDecodeMessageBody checks that DecodeMessage accepts exactly the
+// bodies encoding/json.Valid accepts.
+func FuzzDecodeMessageBody(f *testing.F) {
+	for _, seed := range []string{
+		`{}`, `[]`, `null`, `true`, `-0.5e+10`, `"\u00e9"`, `{"a":[1,{"b":null}]}`, ` 1 `,
+		``, `{`, `01`, `1.`, `-`, `[1,]`, `{"a":1,}`, `"\x"`, "\"\x00\"", `nul`, `1 2`, `{} {}`,
+		"\"\xff\"", `[[[[[[[[`, `1e`, `.5`, `+1`, `{"a" 1}`, "\ufeff{}",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		_, err := eventbus.DecodeMessage(withBody(body))
+		if want := json.Valid(body); (err == nil) != want {
+			t.Fatalf("DecodeMessage(%q) error %v, but json.Valid = %v", body, err, want)
+		}
+	})
+}
+
+func BenchmarkWire(b *testing.B) {
+	ev, err := eventbus.NewEvent("order.payment.completed", "billing", eventbus.Integration,
+		json.RawMessage(`{"order_id":"o-123456","amount":12.5,"currency":"EUR","lines":[{"sku":"a","qty":1},{"sku":"b","qty":2}]}`),
+		eventbus.WithCorrelationID("corr-1"), eventbus.WithMetadata("tenant", "acme"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("encode", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			eventbus.EncodeMessage(ev)
+		}
+	})
+	msg := eventbus.EncodeMessage(ev)
+	b.Run("decode", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := eventbus.DecodeMessage(msg); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
