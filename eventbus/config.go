@@ -70,8 +70,9 @@ func (c Config) validate() error {
 	return c.Policy.validate()
 }
 
-// RedactURL returns rawURL with any password replaced by "xxxxx", for logs
-// and errors. Text that does not parse as a URL, or parses as an opaque URL
+// RedactURL returns rawURL with any password, and any query parameter whose
+// name mentions a password, secret, token or key, replaced by "xxxxx", for
+// logs and errors. Text that does not parse as a URL, or parses as an opaque URL
 // (no "//" after the scheme), is hidden entirely after its scheme, since it
 // may still hold a secret.
 func RedactURL(rawURL string) string {
@@ -86,6 +87,18 @@ func RedactURL(rawURL string) string {
 		// "amqp:user:pass@host" or "user:pass@host:5672" (no "//") parse
 		// with the password in the opaque part, which Redacted keeps.
 		return u.Scheme + ":(opaque URL hidden)"
+	}
+	if u.RawQuery != "" {
+		q := u.Query()
+		for k := range q {
+			lk := strings.ToLower(k)
+			for _, secret := range []string{"pass", "secret", "token", "key"} {
+				if strings.Contains(lk, secret) {
+					q.Set(k, "xxxxx")
+				}
+			}
+		}
+		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
 }
