@@ -51,6 +51,8 @@ type subscription struct {
 	handler     Handler
 	concurrency int
 	policy      Policy
+	subscriber  message.Subscriber
+	timeout     time.Duration // HandlerTimeout option, applied over policy
 	middleware  []message.HandlerMiddleware
 }
 
@@ -125,6 +127,9 @@ func (b *Bus) Subscribe(pattern string, handler Handler, opts ...SubscribeOption
 			return err
 		}
 	}
+	if s.timeout > 0 {
+		s.policy.HandlerTimeout = s.timeout
+	}
 	s.group = b.cfg.ServiceName + "." + s.name
 
 	b.mu.Lock()
@@ -139,6 +144,7 @@ func (b *Bus) Subscribe(pattern string, handler Handler, opts ...SubscribeOption
 	if err != nil {
 		return fmt.Errorf("eventbus: subscribing %s to %q: %w", b.cfg.ServiceName, pattern, err)
 	}
+	s.subscriber = sub
 	h := b.router.AddConsumerHandler(s.group, p.String(), sub, b.consume(s))
 	h.AddMiddleware(b.pipeline(s)...)
 	b.subs[s.name] = s
@@ -348,6 +354,13 @@ func (b *Bus) Close(ctx context.Context) error {
 			waitErr = fmt.Errorf("eventbus: Close stopped waiting for handlers in flight (they will be redelivered): %w", ctx.Err())
 		}
 	}
+	if waitErr == nil {
+		// The router returns once its handlers are done, without waiting
+		// for the subscribers it closes to settle their acknowledgements;
+		// closing the transport before then could turn an ack into a
+		// redelivery. Subscriber.Close may be called again (see Transport).
+		waitErr = b.closeSubscribers(ctx)
+	}
 	b.pubClosed.Store(true)
 	// Closing the transport cancels the contexts of handlers still running
 	// and gives their events back to the broker.
@@ -357,6 +370,32 @@ func (b *Bus) Close(ctx context.Context) error {
 		terr = fmt.Errorf("eventbus: closing transport: %w", terr)
 	}
 	return errors.Join(waitErr, terr)
+}
+
+// closeSubscribers closes every subscription's subscriber and waits, within
+// ctx, until they are closed.
+func (b *Bus) closeSubscribers(ctx context.Context) error {
+	b.mu.Lock()
+	subs := make([]message.Subscriber, 0, len(b.subs))
+	for _, s := range b.subs {
+		subs = append(subs, s.subscriber)
+	}
+	b.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, sub := range subs {
+			if err := sub.Close(); err != nil {
+				b.log.Warn("eventbus: closing subscriber", "error", err)
+			}
+		}
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("eventbus: Close stopped waiting for acknowledgements to settle (unsettled events will be redelivered): %w", ctx.Err())
+	}
 }
 
 // PoisonedEvent is an event in the poison queue with the record of its

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/transports/memory"
@@ -132,5 +133,30 @@ func TestNewErrors(t *testing.T) {
 	_, err := eventbus.New(ctx, eventbus.Config{ServiceName: "s", URL: "nats://user:hunter2@localhost:4222"})
 	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "registered schemes") {
 		t.Errorf("New with an unknown scheme: %v", err)
+	}
+}
+
+func TestHandlerTimeoutCancelsEachAttempt(t *testing.T) {
+	b := newMemBus(t, "timeouts")
+	attempts := make(chan error, 10)
+	err := b.Subscribe("slow.#", func(ctx context.Context, ev eventbus.Event) error {
+		<-ctx.Done()
+		attempts <- ctx.Err()
+		return ctx.Err()
+	}, eventbus.HandlerTimeout(20*time.Millisecond), eventbus.WithPolicy(eventbus.Policy{MaxAttempts: 2, InitialBackoff: time.Millisecond, Jitter: 1e-9}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := eventbus.NewEvent("slow.call", "timeouts", eventbus.Domain, nil)
+	if err := b.Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := <-attempts; !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("attempt %d ended with %v, want DeadlineExceeded", i+1, err)
+		}
 	}
 }

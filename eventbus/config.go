@@ -19,7 +19,9 @@ type Config struct {
 	// published events, owns the poison queue, and names the durable
 	// subscriptions ("<service>.<subscription>"), so instances of one
 	// service share work and different services each get every event.
-	// Letters, digits, '_', '-' and '.' only.
+	// Letters, digits, '_' and '-' only: subscription groups are named
+	// "<service>.<subscription>", and a dot in the service name would let
+	// two services' groups collide.
 	ServiceName string
 
 	// URL selects and configures the transport: "mem://", "amqp://...",
@@ -60,8 +62,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("eventbus: Config.ServiceName is empty; name the service (EVENTBUS_SERVICE when using ConfigFromEnv)")
 	}
 	for _, r := range c.ServiceName {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == '.') {
-			return fmt.Errorf("eventbus: Config.ServiceName %q contains %q; use letters, digits, '_', '-' and '.'", c.ServiceName, r)
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
+			return fmt.Errorf("eventbus: Config.ServiceName %q contains %q; use letters, digits, '_' and '-' (no '.': the first dot of a group name separates service and subscription)", c.ServiceName, r)
 		}
 	}
 	if len(c.ServiceName) > 100 {

@@ -3,6 +3,7 @@ package eventbus
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 )
@@ -68,6 +69,20 @@ func WithPolicy(p Policy) SubscribeOption {
 func SubscriptionMiddleware(m ...message.HandlerMiddleware) SubscribeOption {
 	return func(s *subscription) error {
 		s.middleware = append(s.middleware, m...)
+		return nil
+	}
+}
+
+// HandlerTimeout sets this subscription's deadline per handler call,
+// keeping the rest of its policy (the bus's, or the one given with
+// WithPolicy, in whichever order the options come). The handler's ctx is cancelled when
+// it expires; the call then counts as a failure and is retried.
+func HandlerTimeout(d time.Duration) SubscribeOption {
+	return func(s *subscription) error {
+		if d <= 0 {
+			return fmt.Errorf("eventbus: HandlerTimeout(%v): must be positive", d)
+		}
+		s.timeout = d
 		return nil
 	}
 }

@@ -35,8 +35,11 @@ type Transport interface {
 	// most Concurrency messages unacknowledged at a time per subscriber. An
 	// unacknowledged message, whether nacked or outstanding when the
 	// subscriber or transport closes, must be delivered again. Messages'
-	// contexts must not be cancelled by Close: the bus waits for in-flight
-	// handlers before it acknowledges and closes.
+	// contexts must not be cancelled by the subscriber's Close, only by the
+	// transport's: the bus waits for handlers in flight. The subscriber's
+	// Close must return only once the acknowledgements of delivered
+	// messages are settled with the broker, and may be called more than
+	// once.
 	NewSubscriber(cfg SubscriberConfig) (message.Subscriber, error)
 
 	// PoisonQueue returns the durable store for events that this service

@@ -14,9 +14,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	_ "github.com/paissive/go-eventbus/transports/amqp"
 	_ "github.com/paissive/go-eventbus/transports/memory"
 )
 
@@ -28,7 +30,7 @@ type UserRegistered struct {
 	Email    string `json:"email" validate:"required,email"`
 }
 
-var userRegistered = eventbus.MustSchema[UserRegistered]("user.registered")
+var userRegistered = eventbus.MustSchema[UserRegistered]("user.registered", eventbus.SchemaVersion("1"))
 
 func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -50,33 +52,8 @@ func run(ctx context.Context, out io.Writer, url string) error {
 	}
 	defer bus.Close(context.Background())
 
-	handled := make(chan struct{}, 2)
-	// Basic usage: the handler reads the raw data.
-	err = bus.Subscribe("user.registered", func(ctx context.Context, ev eventbus.Event) error {
-		var data map[string]any
-		if err := ev.Decode(&data); err != nil {
-			return eventbus.Permanent(err)
-		}
-		fmt.Fprintf(out, "basic handler: user registered: %v (event %s, correlation %s)\n", data["username"], ev.ID, eventbus.CorrelationID(ctx))
-		handled <- struct{}{}
-		return nil
-	}, eventbus.SubscriptionName("basic"))
-	if err != nil {
-		return err
-	}
-	// Schema usage: the handler gets the validated, typed data.
-	err = bus.Subscribe("user.registered", userRegistered.Handler(func(ctx context.Context, u UserRegistered, ev eventbus.Event) error {
-		fmt.Fprintf(out, "schema handler: user registered: %s <%s> (schema version %q)\n", u.Username, u.Email, ev.DataVersion)
-		handled <- struct{}{}
-		return nil
-	}), eventbus.SubscriptionName("typed"))
-	if err != nil {
-		return err
-	}
-	if err := bus.Start(ctx); err != nil {
-		return err
-	}
-
+	// The events are made first so that the handlers can tell them from
+	// events other runs left in a durable broker's queues.
 	ev, err := eventbus.NewEvent("user.registered", "my-service", eventbus.Domain, map[string]string{
 		"user_id": "123", "username": "john_doe", "email": "john.doe@example.com",
 	})
@@ -87,6 +64,46 @@ func run(ctx context.Context, out io.Writer, url string) error {
 	if err != nil {
 		return err
 	}
+	mine := map[string]bool{ev.ID: true, typed.ID: true}
+
+	var mu sync.Mutex // handlers run concurrently; keep their lines whole
+	handled := make(chan struct{}, 4)
+	// Basic usage: the handler reads the raw data.
+	err = bus.Subscribe("user.registered", func(ctx context.Context, ev eventbus.Event) error {
+		if !mine[ev.ID] {
+			return nil
+		}
+		var data map[string]any
+		if err := ev.Decode(&data); err != nil {
+			return eventbus.Permanent(err)
+		}
+		mu.Lock()
+		fmt.Fprintf(out, "basic handler: user registered: %v (event %s, correlation %s)\n", data["username"], ev.ID, eventbus.CorrelationID(ctx))
+		mu.Unlock()
+		handled <- struct{}{}
+		return nil
+	}, eventbus.SubscriptionName("basic"))
+	if err != nil {
+		return err
+	}
+	// Schema usage: the handler gets the validated, typed data.
+	err = bus.Subscribe("user.registered", userRegistered.Handler(func(ctx context.Context, u UserRegistered, ev eventbus.Event) error {
+		if !mine[ev.ID] {
+			return nil
+		}
+		mu.Lock()
+		fmt.Fprintf(out, "schema handler: user registered: %s <%s> (schema version %q)\n", u.Username, u.Email, ev.DataVersion)
+		mu.Unlock()
+		handled <- struct{}{}
+		return nil
+	}), eventbus.SubscriptionName("typed"))
+	if err != nil {
+		return err
+	}
+	if err := bus.Start(ctx); err != nil {
+		return err
+	}
+
 	if err := bus.Publish(ctx, ev, typed); err != nil {
 		return err
 	}

@@ -383,7 +383,13 @@ func (s *subscriber) work(g *group, out chan<- *message.Message, stop <-chan str
 		case <-m.Nacked():
 			g.giveBack(m.Copy())
 		case <-abort:
-			g.giveBack(m.Copy())
+			// select picks at random among ready cases: an ack that
+			// raced with the abort must still count.
+			select {
+			case <-m.Acked():
+			default:
+				g.giveBack(m.Copy())
+			}
 			return
 		}
 	}

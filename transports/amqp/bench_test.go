@@ -1,0 +1,48 @@
+package amqp
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/paissive/go-eventbus/eventbus"
+)
+
+// BenchmarkBusPublishBatch100 publishes persistent, confirmed events
+// through the Bus in batches of 100 to one bound queue; see ./bench for
+// the comparison with raw amqp091-go and watermill-amqp.
+func BenchmarkBusPublishBatch100(b *testing.B) {
+	url := isolatedURL(b)
+	bus := newBus(b, url, unique("bench-"))
+	conn, err := amqp091.Dial(brokerURL(b).String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	q := bus.ServiceName() + ".sink"
+	declared.add(transportOf(b, bus).Exchange(), q)
+	if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.QueueBind(q, "bench.#", transportOf(b, bus).Exchange(), false, nil); err != nil {
+		b.Fatal(err)
+	}
+	data := json.RawMessage(`{"p":"` + strings.Repeat("x", 248) + `"}`)
+	evs := make([]eventbus.Event, 100)
+	b.ResetTimer()
+	for i := 0; i < b.N; i += 100 {
+		for j := range evs {
+			evs[j], _ = eventbus.NewEvent("bench.event", "bench", eventbus.Domain, data)
+		}
+		if err := bus.Publish(context.Background(), evs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,476 @@
+package amqp
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/paissive/go-eventbus/eventbus"
+)
+
+// DefaultExchange is the topic exchange used when the URL does not name
+// one with ?exchange=.
+const DefaultExchange = "events"
+
+// DefaultPublishChannels is the number of confirm-mode channels concurrent
+// Publish calls share unless the URL sets ?publish_channels=. A few
+// channels let the broker process publishes in parallel (each channel is a
+// process on the broker) without the cost of a channel per call.
+const DefaultPublishChannels = 4
+
+// ErrClosed is returned by operations on a closed transport.
+var ErrClosed = errors.New("amqp transport: closed")
+
+func init() {
+	eventbus.Register("amqp", eventbus.DriverFunc(Open))
+	eventbus.Register("amqps", eventbus.DriverFunc(Open))
+}
+
+// amqp091Params are the URL query parameters amqp091-go itself reads; they
+// are passed through to it.
+var amqp091Params = map[string]bool{
+	"heartbeat": true, "connection_timeout": true, "channel_max": true,
+	"certfile": true, "keyfile": true, "cacertfile": true, "server_name_indication": true,
+}
+
+// options are the transport's settings, read from the URL.
+type options struct {
+	exchange        string
+	quorum          bool
+	publishChannels int
+}
+
+func parseOptions(u *url.URL) (options, *url.URL, error) {
+	o := options{exchange: DefaultExchange, publishChannels: DefaultPublishChannels}
+	q := u.Query()
+	for k, vs := range q {
+		v := vs[0]
+		switch {
+		case k == "exchange":
+			if v == "" || len(v) > 255 {
+				return o, nil, fmt.Errorf("amqp transport: exchange=%q must be 1 to 255 bytes", v)
+			}
+			o.exchange = v
+		case k == "queue_type":
+			switch v {
+			case "classic", "":
+			case "quorum":
+				o.quorum = true
+			default:
+				return o, nil, fmt.Errorf("amqp transport: queue_type=%q must be classic or quorum", v)
+			}
+		case k == "publish_channels":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 256 {
+				return o, nil, fmt.Errorf("amqp transport: publish_channels=%q must be an integer from 1 to 256", v)
+			}
+			o.publishChannels = n
+		case amqp091Params[k]:
+			continue
+		default:
+			return o, nil, fmt.Errorf("amqp transport: unknown URL parameter %q (known: exchange, queue_type, publish_channels, heartbeat, connection_timeout, channel_max, certfile, keyfile, cacertfile, server_name_indication)", k)
+		}
+		q.Del(k)
+	}
+	dial := *u
+	dial.RawQuery = q.Encode()
+	return o, &dial, nil
+}
+
+// Transport is the RabbitMQ transport; see the package documentation. It
+// implements eventbus.Transport and is safe for concurrent use.
+type Transport struct {
+	opts     options
+	log      *slog.Logger
+	conn     *connManager
+	pub      *Publisher
+	poison   *poisonQueue
+	msgCtx   context.Context // parent of delivered messages' contexts
+	msgStop  context.CancelFunc
+	closeMu  sync.Mutex  // serialises Close
+	closed   atomic.Bool // set first thing in Close
+	subsMu   sync.Mutex
+	subs     map[*subscriber]struct{}
+	closeErr error
+}
+
+var _ eventbus.Transport = (*Transport)(nil)
+
+// Open connects to the broker cfg.URL names. It retries the first
+// connection with backoff until ctx ends, so a service that starts before
+// its broker waits for it instead of failing; refused credentials fail at
+// once since retrying cannot fix them. It is the driver registered for
+// "amqp" and "amqps".
+func Open(ctx context.Context, cfg eventbus.TransportConfig) (eventbus.Transport, error) {
+	return open(ctx, cfg)
+}
+
+func open(ctx context.Context, cfg eventbus.TransportConfig) (*Transport, error) {
+	if cfg.URL == nil {
+		return nil, errors.New("amqp transport: no URL")
+	}
+	opts, dialURL, err := parseOptions(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	redacted := dialURL.Redacted()
+	log = log.With("transport", "amqp", "url", redacted)
+	amqpCfg := amqp091.Config{
+		Heartbeat:  10 * time.Second,
+		Properties: amqp091.Table{"connection_name": cfg.ServiceName},
+	}
+	if dialURL.Scheme == "amqps" {
+		if cfg.TLS != nil {
+			amqpCfg.TLSClientConfig = cfg.TLS.Clone()
+		} else if dialURL.Query().Get("certfile") == "" && dialURL.Query().Get("cacertfile") == "" {
+			// System roots; amqp091-go fills in ServerName from the host.
+			amqpCfg.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+	}
+	m := &connManager{
+		url:      dialURL.String(),
+		redacted: redacted,
+		cfg:      amqpCfg,
+		log:      log,
+		exchange: opts.exchange,
+		ready:    make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	if err := m.connect(ctx); err != nil {
+		return nil, err
+	}
+	t := &Transport{opts: opts, log: log, conn: m, subs: map[*subscriber]struct{}{}}
+	t.msgCtx, t.msgStop = context.WithCancel(context.Background())
+	t.pub = newPublisher(t)
+	t.poison = &poisonQueue{t: t, name: PoisonQueueName(cfg.ServiceName)}
+	return t, nil
+}
+
+// PoisonQueueName returns the name of a service's poison queue,
+// "poison:<service>".
+func PoisonQueueName(service string) string { return "poison:" + service }
+
+// Exchange returns the name of the topic exchange the transport publishes
+// to.
+func (t *Transport) Exchange() string { return t.opts.exchange }
+
+// Publisher returns the transport's publisher; see [Publisher].
+func (t *Transport) Publisher() message.Publisher { return t.pub }
+
+// PoisonQueue returns the service's poison queue, "poison:<service>".
+func (t *Transport) PoisonQueue() (eventbus.PoisonQueue, error) { return t.poison, nil }
+
+// Redeliver publishes msgs to the queue of one subscription group through
+// the default exchange, so that no other subscription receives them, with
+// the same confirms as Publish. A group whose queue does not exist makes
+// the messages unroutable.
+func (t *Transport) Redeliver(ctx context.Context, group string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		if m.Context() == context.Background() {
+			m.SetContext(ctx)
+		}
+	}
+	return t.pub.publish(ctx, "", group, msgs)
+}
+
+// Close cancels the contexts of messages still being handled, fails
+// Publish calls still waiting for confirms, and closes the connection, so
+// the broker requeues every unacknowledged message.
+func (t *Transport) Close() error {
+	t.closeMu.Lock()
+	defer t.closeMu.Unlock()
+	if t.closed.Swap(true) {
+		return t.closeErr
+	}
+	t.msgStop()
+	t.subsMu.Lock()
+	subs := make([]*subscriber, 0, len(t.subs))
+	for s := range t.subs {
+		subs = append(subs, s)
+	}
+	t.subsMu.Unlock()
+	// Closing the connection first releases subscribers waiting for acks.
+	t.closeErr = t.conn.close()
+	for _, s := range subs {
+		_ = s.Close()
+	}
+	_ = t.pub.Close()
+	return t.closeErr
+}
+
+func (t *Transport) isClosed() bool { return t.closed.Load() }
+
+// queueArgs are the arguments of every queue the transport declares.
+func (t *Transport) queueArgs() amqp091.Table {
+	if t.opts.quorum {
+		return amqp091.Table{"x-queue-type": "quorum"}
+	}
+	return nil
+}
+
+// testHookDeclare, when set by tests, is told about every queue the
+// transport declares, so tests can delete what they created.
+var testHookDeclare func(exchange, queue string)
+
+func (t *Transport) declareExchange(ch *amqp091.Channel) error {
+	return declareExchange(ch, t.opts.exchange)
+}
+
+func declareExchange(ch *amqp091.Channel, name string) error {
+	if err := ch.ExchangeDeclare(name, amqp091.ExchangeTopic, true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declaring exchange %q: %w", name, err)
+	}
+	return nil
+}
+
+func (t *Transport) declareQueue(ch *amqp091.Channel, name string) error {
+	if h := testHookDeclare; h != nil {
+		h(t.opts.exchange, name)
+	}
+	if _, err := ch.QueueDeclare(name, true, false, false, false, t.queueArgs()); err != nil {
+		return fmt.Errorf("declaring queue %q: %w", name, err)
+	}
+	return nil
+}
+
+// connManager owns the connection: it dials with backoff, declares the
+// exchange after each (re)connection, and lets everyone wait for the
+// current connection.
+type connManager struct {
+	url      string // with the password: never logged or returned
+	redacted string
+	cfg      amqp091.Config
+	log      *slog.Logger
+	exchange string
+
+	mu     sync.Mutex
+	conn   *amqp091.Connection // nil while disconnected
+	gen    uint64              // incremented on each new connection
+	ready  chan struct{}       // closed while conn != nil
+	closed bool
+	done   chan struct{} // closed by close
+	wg     sync.WaitGroup
+}
+
+var errNotConnected = errors.New("not connected to the broker")
+
+// get returns the current connection, waiting for one until ctx ends.
+func (m *connManager) get(ctx context.Context) (*amqp091.Connection, uint64, error) {
+	for {
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return nil, 0, ErrClosed
+		}
+		if m.conn != nil {
+			c, g := m.conn, m.gen
+			m.mu.Unlock()
+			return c, g, nil
+		}
+		ready := m.ready
+		m.mu.Unlock()
+		select {
+		case <-ready:
+		case <-m.done:
+			return nil, 0, ErrClosed
+		case <-ctx.Done():
+			return nil, 0, fmt.Errorf("%w (%s) while waiting: %w", errNotConnected, m.redacted, ctx.Err())
+		}
+	}
+}
+
+// connected reports whether a connection is up; tests poll it.
+func (m *connManager) connected() (bool, uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.conn != nil, m.gen
+}
+
+// lost marks conn as gone, unless a newer one replaced it already.
+func (m *connManager) lost(conn *amqp091.Connection) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.conn == conn && !m.closed {
+		m.conn = nil
+		m.ready = make(chan struct{})
+	}
+}
+
+// connect dials until it succeeds, ctx ends or the credentials are
+// refused, then watches the connection and reconnects when it drops.
+func (m *connManager) connect(ctx context.Context) error {
+	conn, err := m.dialRetry(ctx)
+	if err != nil {
+		return err
+	}
+	m.install(conn)
+	return nil
+}
+
+func (m *connManager) install(conn *amqp091.Connection) {
+	m.mu.Lock()
+	m.conn = conn
+	m.gen++
+	close(m.ready)
+	m.mu.Unlock()
+	closes := conn.NotifyClose(make(chan *amqp091.Error, 1))
+	m.wg.Add(1)
+	go m.watch(conn, closes)
+}
+
+func (m *connManager) watch(conn *amqp091.Connection, closes chan *amqp091.Error) {
+	defer m.wg.Done()
+	var reason *amqp091.Error
+	select {
+	case reason = <-closes:
+	case <-m.done:
+		return
+	}
+	m.lost(conn)
+	select {
+	case <-m.done:
+		return
+	default:
+	}
+	m.log.Warn("amqp transport: connection to the broker lost; reconnecting", "error", errText(reason))
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-m.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	next, err := m.dialRetry(ctx)
+	cancel()
+	if err != nil {
+		return // closed while reconnecting
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		_ = next.Close()
+		return
+	}
+	m.mu.Unlock()
+	m.log.Info("amqp transport: reconnected to the broker")
+	m.install(next)
+}
+
+func errText(e *amqp091.Error) string {
+	if e == nil {
+		return "connection closed"
+	}
+	return e.Error()
+}
+
+// dialRetry dials with exponential backoff (100ms doubling to 5s, with
+// jitter) until it succeeds or ctx ends.
+func (m *connManager) dialRetry(ctx context.Context) (*amqp091.Connection, error) {
+	delay := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		conn, err := m.dial(ctx)
+		if err == nil {
+			return conn, nil
+		}
+		if refused(err) {
+			return nil, fmt.Errorf("amqp transport: the broker at %s refused the connection: %w", m.redacted, err)
+		}
+		m.log.Debug("amqp transport: cannot connect; retrying", "attempt", attempt, "error", err)
+		wait := delay/2 + rand.N(delay/2+1)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("amqp transport: cannot connect to %s after %d attempt(s) (%w); last error: %w", m.redacted, attempt, ctx.Err(), err)
+		case <-time.After(wait):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+// refused reports errors that retrying cannot fix: bad credentials, a
+// missing vhost or a server certificate that does not verify.
+func refused(err error) bool {
+	var cve *tls.CertificateVerificationError
+	if errors.As(err, &cve) {
+		return true
+	}
+	var ae *amqp091.Error
+	if errors.As(err, &ae) {
+		return ae.Code == amqp091.AccessRefused || ae.Code == amqp091.NotAllowed
+	}
+	return errors.Is(err, amqp091.ErrSASL) || errors.Is(err, amqp091.ErrCredentials)
+}
+
+// dial opens one connection and declares the exchange on it.
+func (m *connManager) dial(ctx context.Context) (*amqp091.Connection, error) {
+	cfg := m.cfg
+	if cfg.TLSClientConfig != nil {
+		cfg.TLSClientConfig = cfg.TLSClientConfig.Clone()
+	}
+	cfg.Dial = func(network, addr string) (net.Conn, error) {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		var d net.Dialer
+		c, err := d.DialContext(dctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		// Bound the TLS and AMQP handshakes; amqp091-go resets the
+		// deadline once the connection is open.
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, nil
+	}
+	conn, err := amqp091.DialConfig(m.url, cfg)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := conn.Channel()
+	if err == nil {
+		err = declareExchange(ch, m.exchange)
+		if err == nil {
+			err = ch.Close()
+		}
+	}
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+func (m *connManager) close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	close(m.done)
+	conn := m.conn
+	m.conn = nil
+	m.mu.Unlock()
+	var err error
+	if conn != nil {
+		if cerr := conn.Close(); cerr != nil && !errors.Is(cerr, amqp091.ErrClosed) {
+			err = cerr
+		}
+	}
+	m.wg.Wait()
+	return err
+}
