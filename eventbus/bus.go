@@ -140,23 +140,74 @@ func (b *Bus) Subscribe(pattern string, handler Handler, opts ...SubscribeOption
 	if _, dup := b.subs[s.name]; dup {
 		return fmt.Errorf("eventbus: service %s already has a subscription named %q; give this one another name with SubscriptionName", b.cfg.ServiceName, s.name)
 	}
-	sub, err := b.transport.NewSubscriber(SubscriberConfig{Group: s.group, Service: b.cfg.ServiceName, Subscription: s.name, Concurrency: s.concurrency})
-	if err != nil {
-		return fmt.Errorf("eventbus: subscribing %s to %q: %w", b.cfg.ServiceName, pattern, err)
+	// The transport sees the subscription now, so that what it cannot
+	// serve is an error here rather than at Start.
+	if err := b.newSubscriber(s); err != nil {
+		return err
 	}
-	s.subscriber = sub
-	h := b.router.AddConsumerHandler(s.group, p.String(), sub, b.consume(s))
-	h.AddMiddleware(b.pipeline(s)...)
 	b.subs[s.name] = s
 	if !b.started {
 		return nil
 	}
-	if err := b.router.RunHandlers(b.runCtx); err != nil {
+	ch, err := b.subscribe(s)
+	if err != nil {
 		delete(b.subs, s.name)
+		return err
+	}
+	h := b.addHandler(s, ch)
+	if err := b.router.RunHandlers(b.runCtx); err != nil {
 		return fmt.Errorf("eventbus: starting subscription %s: %w", s.group, err)
 	}
 	<-h.Started()
 	return nil
+}
+
+// subscribe opens the subscription at the transport. It runs here rather
+// than inside the router's RunHandlers, because a router handler whose
+// Subscribe failed stays registered without ever starting, and the router's
+// Close then waits for it forever.
+func (b *Bus) subscribe(s *subscription) (<-chan *message.Message, error) {
+	if s.subscriber == nil { // closed by a failed Start
+		if err := b.newSubscriber(s); err != nil {
+			return nil, err
+		}
+	}
+	ch, err := s.subscriber.Subscribe(b.runCtx, s.pattern.String())
+	if err != nil {
+		_ = s.subscriber.Close()
+		s.subscriber = nil
+		return nil, fmt.Errorf("eventbus: subscribing %s to %q: %w", s.group, s.pattern, err)
+	}
+	return ch, nil
+}
+
+func (b *Bus) newSubscriber(s *subscription) error {
+	sub, err := b.transport.NewSubscriber(SubscriberConfig{
+		Group: s.group, Service: b.cfg.ServiceName, Subscription: s.name,
+		Pattern: s.pattern.String(), Concurrency: s.concurrency,
+	})
+	if err != nil {
+		return fmt.Errorf("eventbus: subscribing %s to %q: %w", s.group, s.pattern, err)
+	}
+	s.subscriber = sub
+	return nil
+}
+
+// addHandler gives an open subscription its router handler.
+func (b *Bus) addHandler(s *subscription, ch <-chan *message.Message) *message.Handler {
+	h := b.router.AddConsumerHandler(s.group, s.pattern.String(), subscribed{s.subscriber, ch}, b.consume(s))
+	h.AddMiddleware(b.pipeline(s)...)
+	return h
+}
+
+// subscribed hands the router a subscription the bus already opened.
+type subscribed struct {
+	message.Subscriber
+	ch <-chan *message.Message
+}
+
+func (s subscribed) Subscribe(context.Context, string) (<-chan *message.Message, error) {
+	return s.ch, nil
 }
 
 // pipeline is the one place that fixes the middleware order; see the
@@ -224,6 +275,24 @@ func (b *Bus) Start(ctx context.Context) error {
 	if b.started {
 		b.mu.Unlock()
 		return nil
+	}
+	// Open every subscription before the router gets any, so that one
+	// failure leaves nothing half-started: Start can be called again.
+	chans := make(map[*subscription]<-chan *message.Message, len(b.subs))
+	for _, s := range b.subs {
+		ch, err := b.subscribe(s)
+		if err != nil {
+			for opened := range chans {
+				_ = opened.subscriber.Close()
+				opened.subscriber = nil
+			}
+			b.mu.Unlock()
+			return err
+		}
+		chans[s] = ch
+	}
+	for s, ch := range chans {
+		b.addHandler(s, ch)
 	}
 	b.started = true
 	b.routerDone = make(chan struct{})
@@ -378,7 +447,9 @@ func (b *Bus) closeSubscribers(ctx context.Context) error {
 	b.mu.Lock()
 	subs := make([]message.Subscriber, 0, len(b.subs))
 	for _, s := range b.subs {
-		subs = append(subs, s.subscriber)
+		if s.subscriber != nil {
+			subs = append(subs, s.subscriber)
+		}
 	}
 	b.mu.Unlock()
 	done := make(chan struct{})

@@ -64,6 +64,10 @@ type SubscriberConfig struct {
 	// Service and Subscription are the two parts of Group, for transports
 	// that name broker objects after them.
 	Service, Subscription string
+	// Pattern is the pattern the bus will pass to Subscribe, so that a
+	// transport can reject one it cannot serve when the subscription is
+	// made.
+	Pattern string
 	// Concurrency is how many messages may be delivered and not yet
 	// acknowledged at once (at least 1).
 	Concurrency int

@@ -28,6 +28,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	_ "github.com/paissive/go-eventbus/transports/amqp"
+	_ "github.com/paissive/go-eventbus/transports/kafka"
 	_ "github.com/paissive/go-eventbus/transports/memory"
 )
 

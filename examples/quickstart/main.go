@@ -6,7 +6,8 @@
 //	go run ./examples/quickstart
 //
 // It runs on the in-process broker unless EVENTBUS_URL names another, e.g.
-// EVENTBUS_URL=amqp://guest:guest@localhost:5672/ for the local RabbitMQ.
+// EVENTBUS_URL=amqp://guest:guest@localhost:5672/ for the local RabbitMQ or
+// EVENTBUS_URL=kafka://localhost:9092 for Kafka.
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	_ "github.com/paissive/go-eventbus/transports/amqp"
+	_ "github.com/paissive/go-eventbus/transports/kafka"
 	_ "github.com/paissive/go-eventbus/transports/memory"
 )
 

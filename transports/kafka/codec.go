@@ -1,0 +1,102 @@
+package kafka
+
+import (
+	"fmt"
+
+	"github.com/IBM/sarama"
+	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/paissive/go-eventbus/internal/wire"
+)
+
+// UUIDHeader carries a message's UUID when it differs from its "ce_id"
+// header, which only happens for messages that are not events (raw
+// messages published through the transport's Watermill publisher). It is
+// watermill-kafka's header name, so watermill-kafka consumers read it too.
+const UUIDHeader = wkafka.UUIDHeaderKey
+
+// Marshaler converts Watermill messages in the go-eventbus wire format to
+// Kafka records and back: the record's headers are the message metadata
+// (the CloudEvents "ce_" attributes of the Kafka binding), its value the
+// payload and its key the "ce_partitionkey" header. It implements
+// watermill-kafka's MarshalerUnmarshaler, so a plain watermill-kafka
+// publisher or subscriber can exchange events with the bus.
+type Marshaler struct{}
+
+var _ wkafka.MarshalerUnmarshaler = Marshaler{}
+
+// Marshal converts msg to a record for topic.
+func (Marshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
+	return encode(topic, msg), nil
+}
+
+// Unmarshal converts a record to a message; see [Marshaler].
+func (Marshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error) {
+	if rec == nil {
+		return nil, fmt.Errorf("kafka transport: nil record")
+	}
+	return decode(rec), nil
+}
+
+func encode(topic string, msg *message.Message) *sarama.ProducerMessage {
+	headers := make([]sarama.RecordHeader, 0, len(msg.Metadata)+1)
+	for k, v := range msg.Metadata {
+		if k == UUIDHeader {
+			continue
+		}
+		headers = append(headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+	}
+	if msg.UUID != msg.Metadata[wire.ID] {
+		headers = append(headers, sarama.RecordHeader{Key: []byte(UUIDHeader), Value: []byte(msg.UUID)})
+	}
+	pm := &sarama.ProducerMessage{Topic: topic, Headers: headers, Value: sarama.ByteEncoder(payload(msg))}
+	if k := msg.Metadata[wire.PartitionKey]; k != "" {
+		pm.Key = sarama.StringEncoder(k)
+	}
+	return pm
+}
+
+// payload never returns nil: a nil record value is a tombstone to Kafka.
+func payload(msg *message.Message) []byte {
+	if msg.Payload == nil {
+		return []byte{}
+	}
+	return msg.Payload
+}
+
+func decode(rec *sarama.ConsumerMessage) *message.Message {
+	md := make(message.Metadata, len(rec.Headers))
+	var uuid string
+	for _, h := range rec.Headers {
+		if h == nil {
+			continue
+		}
+		if string(h.Key) == UUIDHeader {
+			uuid = string(h.Value)
+			continue
+		}
+		md[string(h.Key)] = string(h.Value)
+	}
+	if uuid == "" {
+		uuid = md[wire.ID]
+	}
+	if uuid == "" {
+		// A record from a foreign producer: a stable ID, so that its
+		// redeliveries are recognisable.
+		uuid = fmt.Sprintf("kafka:%s/%d/%d", rec.Topic, rec.Partition, rec.Offset)
+	}
+	msg := message.NewMessage(uuid, rec.Value)
+	msg.Metadata = md
+	return msg
+}
+
+// header returns the value of a record header.
+func header(rec *sarama.ConsumerMessage, key string) (string, bool) {
+	for _, h := range rec.Headers {
+		if h != nil && string(h.Key) == key {
+			return string(h.Value), true
+		}
+	}
+	return "", false
+}

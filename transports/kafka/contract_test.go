@@ -1,0 +1,24 @@
+package kafka
+
+import (
+	"testing"
+
+	"github.com/paissive/go-eventbus/brokertest"
+	"github.com/paissive/go-eventbus/contracttests"
+)
+
+// TestContract runs the whole contract suite under a subtest named after
+// the broker kind ("kfake", "docker" or "env"); each test gets its own
+// topic prefix (and, on kfake, its own in-process cluster).
+func TestContract(t *testing.T) {
+	t.Parallel()
+	_, kind := brokertest.KafkaBrokers(t)
+	t.Run(kind, func(t *testing.T) {
+		contracttests.Run(t, contracttests.Harness{
+			Name:              "kafka on " + kind,
+			URL:               func(t testing.TB) string { return testURL(t) },
+			RetainsUnroutable: true,
+			Parallel:          true,
+		})
+	})
+}
