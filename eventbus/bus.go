@@ -417,18 +417,22 @@ func (b *Bus) Close(ctx context.Context) error {
 				b.log.Error("eventbus: closing router", "error", err)
 			}
 		}()
-		select {
-		case <-closed:
-		case <-ctx.Done():
-			waitErr = fmt.Errorf("eventbus: Close stopped waiting for handlers in flight (they will be redelivered): %w", ctx.Err())
-		}
-	}
-	if waitErr == nil {
-		// The router returns once its handlers are done, without waiting
-		// for the subscribers it closes to settle their acknowledgements;
-		// closing the transport before then could turn an ack into a
-		// redelivery. Subscriber.Close may be called again (see Transport).
+		// The bus closes the subscribers itself rather than leave it to
+		// the router: a router handler picks at random between closing
+		// its subscriber and giving up when the router's ctx is cancelled,
+		// which happens at the same moment, and a subscriber left open
+		// keeps the router waiting forever. It also makes Close wait until
+		// the acknowledgements of handled events are settled with the
+		// broker, which the router does not. Subscriber.Close may be
+		// called twice (see Transport).
 		waitErr = b.closeSubscribers(ctx)
+		if waitErr == nil {
+			select {
+			case <-closed:
+			case <-ctx.Done():
+				waitErr = fmt.Errorf("eventbus: Close stopped waiting for handlers in flight (they will be redelivered): %w", ctx.Err())
+			}
+		}
 	}
 	b.pubClosed.Store(true)
 	// Closing the transport cancels the contexts of handlers still running
@@ -442,7 +446,8 @@ func (b *Bus) Close(ctx context.Context) error {
 }
 
 // closeSubscribers closes every subscription's subscriber and waits, within
-// ctx, until they are closed.
+// ctx, until they are closed: consumption stopped and the messages in
+// flight acknowledged or given back.
 func (b *Bus) closeSubscribers(ctx context.Context) error {
 	b.mu.Lock()
 	subs := make([]message.Subscriber, 0, len(b.subs))
@@ -465,7 +470,7 @@ func (b *Bus) closeSubscribers(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("eventbus: Close stopped waiting for acknowledgements to settle (unsettled events will be redelivered): %w", ctx.Err())
+		return fmt.Errorf("eventbus: Close stopped waiting for handlers in flight (they will be redelivered): %w", ctx.Err())
 	}
 }
 
