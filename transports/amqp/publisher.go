@@ -107,13 +107,12 @@ func (p *Publisher) publish(ctx context.Context, exchange, key string, msgs []*m
 	}()
 	slot := p.slots[int(p.next.Add(1))%len(p.slots)]
 	var pc *pubChannel
-	for i, m := range msgs {
+	for i := range msgs {
 		mctx := b.ctxs[i]
 		if err := mctx.Err(); err != nil {
 			b.resolve(i, err)
 			continue
 		}
-		pub := toPublishing(m)
 		for {
 			if pc == nil {
 				var err error
@@ -123,7 +122,7 @@ func (p *Publisher) publish(ctx context.Context, exchange, key string, msgs []*m
 					break
 				}
 			}
-			err := pc.send(mctx, exchange, key, pub, b, i)
+			err := pc.send(mctx, exchange, key, b, i)
 			if err == nil {
 				break
 			}
@@ -200,20 +199,33 @@ func (p *Publisher) drop(s *pubSlot, pc *pubChannel) {
 // broker sends a message's basic.return before its basic.ack, and
 // amqp091-go hands the return over (unbuffered) before it reads the ack, so
 // reading both in one goroutine sees the return first.
+//
+// amqp091-go delivers confirms in delivery-tag order (it resequences them),
+// and tags are consecutive on a channel, so the messages awaiting confirms
+// are a FIFO queue rather than a map: registering and confirming a message
+// costs no allocation and no hashing.
 type pubChannel struct {
 	ch     *amqp091.Channel
-	sendMu sync.Mutex // serialises sequence numbers and writes
+	sendMu sync.Mutex // serialises sequence numbers and writes; guards pub
+	// pub is the publishing being sent, reused from message to message
+	// with its header table: amqp091-go has serialised it when Publish
+	// returns, so reusing it saves a map and the boxing of header values
+	// that did not change (the spec version, source, name, event type,
+	// content type).
+	pub amqp091.Publishing
 
-	mu      sync.Mutex // guards pending and dead
-	pending map[uint64]*pending
-	dead    error
-	done    chan struct{}
+	mu    sync.Mutex // guards queue, head and dead
+	queue []pending  // awaiting confirms in publishing order, from queue[head]
+	head  int
+	dead  error
+	done  chan struct{}
 }
 
 type pending struct {
+	tag      uint64 // delivery tag
 	b        *batch
 	i        int
-	id       string
+	id       string // the message-id property, to match returns
 	returned *amqp091.Return
 }
 
@@ -233,7 +245,7 @@ func openPubChannel(conn *amqp091.Connection, t *Transport) (*pubChannel, error)
 		_ = ch.Close()
 		return nil, err
 	}
-	pc := &pubChannel{ch: ch, pending: map[uint64]*pending{}, done: make(chan struct{})}
+	pc := &pubChannel{ch: ch, done: make(chan struct{})}
 	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 1024))
 	returns := ch.NotifyReturn(make(chan amqp091.Return))
 	closes := ch.NotifyClose(make(chan *amqp091.Error, 1))
@@ -278,26 +290,63 @@ func (pc *pubChannel) run(confirms <-chan amqp091.Confirmation, returns <-chan a
 	}
 }
 
+// push registers a message sent with delivery tag p.tag; pc.mu is held.
+func (pc *pubChannel) push(p pending) {
+	if pc.head > 0 && len(pc.queue) == cap(pc.queue) {
+		// Reuse the space of confirmed messages rather than grow.
+		n := copy(pc.queue, pc.queue[pc.head:])
+		clear(pc.queue[n:])
+		pc.queue = pc.queue[:n]
+		pc.head = 0
+	}
+	pc.queue = append(pc.queue, p)
+}
+
+// take removes and returns the message awaiting the confirm of tag; pc.mu
+// is held. It is the oldest one, unless the broker confirmed a tag that is
+// no longer awaited.
+func (pc *pubChannel) take(tag uint64) (pending, bool) {
+	q := pc.queue
+	if pc.head < len(q) && q[pc.head].tag == tag {
+		p := q[pc.head]
+		q[pc.head] = pending{}
+		pc.head++
+		if pc.head == len(q) {
+			pc.queue, pc.head = q[:0], 0
+		}
+		return p, true
+	}
+	for j := pc.head; j < len(q); j++ {
+		if q[j].tag == tag {
+			p := q[j]
+			copy(q[j:], q[j+1:])
+			q[len(q)-1] = pending{}
+			pc.queue = q[:len(q)-1]
+			if pc.head == len(pc.queue) {
+				pc.queue, pc.head = pc.queue[:0], 0
+			}
+			return p, true
+		}
+	}
+	return pending{}, false
+}
+
 // markReturned flags the oldest message awaiting a confirm with the
 // returned message's ID; returns arrive in publishing order.
 func (pc *pubChannel) markReturned(r amqp091.Return) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	var best uint64
-	for tag, p := range pc.pending {
-		if p.returned == nil && p.id == r.MessageId && (best == 0 || tag < best) {
-			best = tag
+	for j := pc.head; j < len(pc.queue); j++ {
+		if p := &pc.queue[j]; p.returned == nil && p.id == r.MessageId {
+			p.returned = &r
+			return
 		}
-	}
-	if best != 0 {
-		pc.pending[best].returned = &r
 	}
 }
 
 func (pc *pubChannel) confirm(c amqp091.Confirmation) {
 	pc.mu.Lock()
-	p, ok := pc.pending[c.DeliveryTag]
-	delete(pc.pending, c.DeliveryTag)
+	p, ok := pc.take(c.DeliveryTag)
 	pc.mu.Unlock()
 	if !ok {
 		return
@@ -315,33 +364,44 @@ func (pc *pubChannel) confirm(c amqp091.Confirmation) {
 func (pc *pubChannel) fail(err error) {
 	pc.mu.Lock()
 	pc.dead = err
-	ps := pc.pending
-	pc.pending = map[uint64]*pending{}
+	ps := pc.queue[pc.head:]
+	pc.queue, pc.head = nil, 0
 	pc.mu.Unlock()
 	for _, p := range ps {
 		p.b.resolve(p.i, err)
 	}
 }
 
-// send writes one message and registers it for its confirm.
-func (pc *pubChannel) send(ctx context.Context, exchange, key string, pub amqp091.Publishing, b *batch, i int) error {
+// send writes message i of b and registers it for its confirm.
+func (pc *pubChannel) send(ctx context.Context, exchange, key string, b *batch, i int) error {
 	pc.sendMu.Lock()
 	defer pc.sendMu.Unlock()
+	fillPublishing(&pc.pub, b.msgs[i])
 	pc.mu.Lock()
 	if pc.dead != nil {
 		pc.mu.Unlock()
 		return errChannelGone
 	}
 	seq := pc.ch.GetNextPublishSeqNo()
-	pc.pending[seq] = &pending{b: b, i: i, id: pub.MessageId}
+	pc.push(pending{tag: seq, b: b, i: i, id: pc.pub.MessageId})
 	pc.mu.Unlock()
-	err := pc.ch.PublishWithContext(ctx, exchange, key, true, false, pub)
+	err := pc.ch.PublishWithContext(ctx, exchange, key, true, false, pc.pub)
+	pc.pub.Body = nil // do not keep the payload alive until the next message
 	if err == nil {
 		return nil
 	}
+	// Unregister the message unless the channel's failure resolved it
+	// already; amqp091-go has taken its sequence number back.
 	pc.mu.Lock()
-	_, stillPending := pc.pending[seq]
-	delete(pc.pending, seq)
+	stillPending := false
+	if n := len(pc.queue); n > pc.head && pc.queue[n-1].tag == seq {
+		pc.queue[n-1] = pending{}
+		pc.queue = pc.queue[:n-1]
+		if pc.head == len(pc.queue) {
+			pc.queue, pc.head = pc.queue[:0], 0
+		}
+		stillPending = true
+	}
 	pc.mu.Unlock()
 	if errors.Is(err, amqp091.ErrClosed) && stillPending {
 		// amqp091-go checks for a closed channel before writing anything.
@@ -439,15 +499,27 @@ func (b *batch) err(key string) error {
 	return &eventbus.PublishError{Failed: failed}
 }
 
-// toPublishing converts a message to an AMQP publishing: the metadata
-// become headers and fill the native properties other clients read.
-func toPublishing(m *message.Message) amqp091.Publishing {
-	headers := make(amqp091.Table, len(m.Metadata))
-	for k, v := range m.Metadata {
-		headers[k] = v
+// fillPublishing converts a message to an AMQP publishing in pub: the
+// metadata become headers and fill the native properties other clients
+// read. It reuses pub's header table, and the boxed header values that are
+// unchanged since the previous message.
+func fillPublishing(pub *amqp091.Publishing, m *message.Message) {
+	h := pub.Headers
+	if h == nil {
+		h = make(amqp091.Table, len(m.Metadata))
 	}
-	pub := amqp091.Publishing{
-		Headers:      headers,
+	for k := range h {
+		if _, ok := m.Metadata[k]; !ok {
+			delete(h, k)
+		}
+	}
+	for k, v := range m.Metadata {
+		if old, ok := h[k].(string); !ok || old != v {
+			h[k] = v
+		}
+	}
+	*pub = amqp091.Publishing{
+		Headers:      h,
 		DeliveryMode: amqp091.Persistent,
 		Body:         m.Payload,
 		ContentType:  shortstr(m.Metadata.Get(wire.ContentType)),
@@ -461,7 +533,6 @@ func toPublishing(m *message.Message) amqp091.Publishing {
 	} else {
 		pub.Timestamp = time.Now()
 	}
-	return pub
 }
 
 // shortstr drops values too long for an AMQP short string (255 bytes); the

@@ -5,19 +5,37 @@
 // one run, not absolute numbers across runs: the broker and the machine
 // are shared.
 //
-//	go run ./transports/amqp/bench [-url amqp://...] [-rounds 3] [-n 8000] [-n1 2000] [-wn 2000] [-batch 100] [-size 256]
+//	go run ./transports/amqp/bench [-url amqp://...] [-rounds 3] [-n 8000] [-n1 2000] [-wn 2000] [-batch 100] [-size 256] [-only bus|publish] [-cpuprofile file]
 //
-// Each round runs every scenario once, in turn; the table shows each
-// scenario's best round, so that a burst of load from other processes on
-// a shared machine does not decide a ratio. The raw amqp091-go baseline
-// publishes the same messages the bus sends (the CloudEvents headers and
-// JSON body of eventbus.EncodeMessage), so the ratio measures the
-// transport and the Bus, not the wire format; a row with bare bodies is
-// shown for reference, and so is raw amqp091-go publishing in the same
-// batches as the single bus publisher (-batch, default 100), waiting for
-// each batch's confirms as a Publish call that returns after its confirms
-// must: the difference between that row and 1,000 confirms in flight is
-// the cost of the batch size, not of the bus.
+// Each round runs every scenario once; the table shows each scenario's
+// best round, so that a burst of load from other processes on a shared
+// machine does not decide a ratio. Each round starts with a different
+// scenario, so that none always runs first (right after the previous
+// round's queues were deleted) or last (after the others left their
+// messages on the broker). The raw amqp091-go baseline publishes the same
+// messages the bus sends (the CloudEvents headers and JSON body of
+// eventbus.EncodeMessage, checked before each raw row), so the ratio
+// measures the transport and the Bus, not the wire format. Both sides get
+// their events made before the clock starts and turn each into a message
+// while the clock runs, as an application publishing events must: the
+// bus through Publish, the raw client by filling an amqp091.Publishing
+// straight from the event's fields. A row with bare bodies is shown for
+// reference, and so is raw amqp091-go publishing in the same batches as
+// the single bus publisher (-batch, default 100), waiting for each batch's
+// confirms as a Publish call that returns after its confirms must: the
+// difference between that row and 1,000 confirms in flight is the cost of
+// the batch size, not of the bus. For the same reason the last bus row
+// publishes in calls of 1,000 events, as many confirms in flight as the
+// baseline. Before its clock starts the bus publishes one event per pooled
+// channel, as the raw baseline opens its channel before its clock starts.
+//
+// The "µs CPU/msg" column is the bench process's CPU time (user and
+// system, all goroutines and the garbage collector) per message while the
+// row was measured: the client's share of the work, which competes with
+// the broker for the machine's cores. -only publish runs only the raw and
+// bus single-publisher rows, for quick comparisons; -cpuprofile writes a
+// profile whose samples carry the label scenario=raw, raw-batches, bus,
+// ... (go tool pprof -tagfocus scenario=bus).
 //
 // The URL defaults to EVENTBUS_TEST_AMQP_URL, else the local broker. Every
 // exchange and queue the run declares is deleted at the end.
@@ -33,12 +51,14 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	neturl "net/url"
 	"os"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -47,16 +67,45 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/eventbus"
-	_ "github.com/paissive/go-eventbus/transports/amqp"
+	busamqp "github.com/paissive/go-eventbus/transports/amqp"
 )
 
 type row struct {
 	name string
 	n    int
 	d    time.Duration
+	cpu  time.Duration // the bench process's CPU time (user + system) during d
 }
 
 func (r row) rate() float64 { return float64(r.n) / r.d.Seconds() }
+
+// cpuPerMsg is the bench process's CPU time per message in microseconds:
+// the client's share of the work, which competes with the broker for the
+// machine's cores.
+func (r row) cpuPerMsg() float64 { return float64(r.cpu.Microseconds()) / float64(r.n) }
+
+// cpuTime returns the CPU time (user + system) the process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// clock measures one scenario's wall and CPU time.
+type clock struct {
+	start time.Time
+	cpu   time.Duration
+}
+
+func startClock() clock { return clock{start: time.Now(), cpu: cpuTime()} }
+
+// stop records the time since c started in r.
+func (c clock) stop(r *row) {
+	r.d = time.Since(c.start)
+	r.cpu = cpuTime() - c.cpu
+}
 
 type bench struct {
 	url     string
@@ -70,6 +119,8 @@ type bench struct {
 	// publish_channels=8).
 	busParams string
 	batch     int // events per Publish in the "batches" scenarios
+	// publishOnly limits the bus measurements to the single publisher.
+	publishOnly bool
 }
 
 func main() {
@@ -83,7 +134,7 @@ func main() {
 	n1 := flag.Int("n1", 2000, "messages for the bus consumer at concurrency 1")
 	wn := flag.Int("wn", 2000, "messages for watermill-amqp (it confirms one at a time)")
 	size := flag.Int("size", 256, "payload bytes")
-	only := flag.String("only", "", "run only the bus measurements (\"bus\")")
+	only := flag.String("only", "", "run only the bus measurements (\"bus\"), or only raw and bus publishing in batches and raw publishing with 1000 confirms in flight (\"publish\")")
 	batch := flag.Int("batch", 100, "events per Publish call in the single-publisher scenarios")
 	busParams := flag.String("bus-params", "", "extra URL query parameters for the bus, e.g. publish_channels=8")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the run to this file")
@@ -106,6 +157,13 @@ func main() {
 	bn.payload = jsonPayload(*size)
 	bn.busParams = *busParams
 	bn.batch = max(*batch, 1)
+	switch *only {
+	case "", "bus":
+	case "publish":
+		bn.publishOnly = true
+	default:
+		log.Fatalf("bench: -only=%q: want bus or publish", *only)
+	}
 	rawBatchName = fmt.Sprintf("raw amqp091-go publish, batches of %d, wait each batch", bn.batch)
 	busPubName = fmt.Sprintf("bus publish, 1 publisher, batches of %d", bn.batch)
 	conn, err := amqp091.Dial(*url)
@@ -119,44 +177,97 @@ func main() {
 	defer bn.cleanup()
 
 	best := map[string]row{}
-	var order []string
 	add := func(r row, err error) {
 		if err != nil {
 			bn.cleanup()
 			log.Fatalf("bench: %s: %v", r.name, err)
 		}
-		fmt.Fprintf(os.Stderr, "  %-56s %8.0f msg/s\n", r.name, r.rate())
-		b, ok := best[r.name]
-		if !ok {
-			order = append(order, r.name)
-		}
-		if !ok || r.rate() > b.rate() {
+		fmt.Fprintf(os.Stderr, "  %-56s %8.0f msg/s %6.1f µs CPU/msg\n", r.name, r.rate(), r.cpuPerMsg())
+		if b, ok := best[r.name]; !ok || r.rate() > b.rate() {
 			best[r.name] = r
+		}
+	}
+	// The scenarios run in groups (a consume drains what the publish
+	// before it stored), and each round starts at the next group, so that
+	// no scenario always runs first, right after the previous round's
+	// queues were deleted, or last, after the others left their messages
+	// on the broker.
+	type group struct {
+		label string
+		run   func(sfx string) ([]row, error)
+	}
+	one := func(f func(sfx string) (row, error)) func(string) ([]row, error) {
+		return func(sfx string) ([]row, error) {
+			r, err := f(sfx)
+			return []row{r}, err
+		}
+	}
+	rawGroup := group{"raw", func(sfx string) ([]row, error) {
+		p, err := bn.rawPublish(*n, sfx, true)
+		if err != nil || bn.publishOnly {
+			return []row{p}, err
+		}
+		c, err := bn.rawConsume(*n, sfx)
+		return []row{p, c}, err
+	}}
+	rawBatchGroup := group{"raw-batches", one(func(sfx string) (row, error) { return bn.rawPublishBatches(*n, sfx) })}
+	busGroup := group{"bus", func(sfx string) ([]row, error) { return bn.busAll(*n, *n1, sfx) }}
+	var groups []group
+	switch *only {
+	case "bus":
+		groups = []group{busGroup}
+	case "publish":
+		groups = []group{rawGroup, rawBatchGroup, busGroup}
+	default:
+		groups = []group{
+			rawGroup,
+			{"raw-bare", one(func(sfx string) (row, error) { return bn.rawPublish(*n, sfx+"b", false) })},
+			rawBatchGroup,
+			{"watermill", func(sfx string) ([]row, error) {
+				p, err := bn.watermillPublish(*wn, sfx)
+				if err != nil {
+					return []row{p}, err
+				}
+				c, err := bn.watermillConsume(*wn, sfx)
+				return []row{p, c}, err
+			}},
+			busGroup,
 		}
 	}
 	fmt.Fprintf(os.Stderr, "bench on %s, %d-byte payloads, %d round(s)\n", eventbus.RedactURL(*url), *size, *rounds)
 	for round := 1; round <= *rounds; round++ {
 		fmt.Fprintf(os.Stderr, "round %d\n", round)
 		sfx := strconv.Itoa(round)
-		if *only != "bus" {
-			add(bn.rawPublish(*n, sfx, true))
-			add(bn.rawConsume(*n, sfx))
-			add(bn.rawPublish(*n, sfx+"b", false))
-			add(bn.rawPublishBatches(*n, sfx))
-			add(bn.watermillPublish(*wn, sfx))
-			add(bn.watermillConsume(*wn, sfx))
-		}
-		rs, err := bn.busAll(*n, *n1, sfx)
-		for _, r := range rs {
-			add(r, err)
-		}
-		if err != nil {
-			add(row{name: "bus"}, err)
+		for k := range groups {
+			g := groups[(round-1+k)%len(groups)]
+			var rs []row
+			// The label scenario=<group> lets -cpuprofile output be split
+			// by scenario (go tool pprof -tagfocus scenario=bus); the
+			// goroutines a scenario starts inherit it.
+			pprof.Do(context.Background(), pprof.Labels("scenario", g.label), func(context.Context) {
+				rs, err = g.run(sfx)
+			})
+			if err != nil {
+				name := g.label
+				if len(rs) > 0 && rs[len(rs)-1].name != "" {
+					name = rs[len(rs)-1].name
+				}
+				add(row{name: name}, err)
+			}
+			for _, r := range rs {
+				add(r, nil)
+			}
 		}
 		bn.cleanup()
 	}
 	if *only == "bus" {
 		return
+	}
+	var order []string
+	for _, name := range []string{rawPubName, rawConName, rawBareName, rawBatchName, wmPubName, wmConName, busPubName, bus16Name, busC1Name, busC16Name, busRefName} {
+		if _, ok := best[name]; ok {
+			order = append(order, name)
+		}
 	}
 	rows := make([]row, 0, len(order))
 	for _, name := range order {
@@ -166,13 +277,16 @@ func main() {
 	busPub, busC16 := best[busPubName], best[busC16Name]
 	fmt.Println()
 	fmt.Printf("best of %d round(s), %d-byte payloads, every message persistent; publishes confirmed, deliveries acked one by one\n\n", *rounds, *size)
-	fmt.Printf("| %-58s | %7s | %8s | %8s | %-46s |\n", "scenario", "msgs", "seconds", "msg/s", "ratio")
-	fmt.Printf("|%s|%s|%s|%s|%s|\n", strings.Repeat("-", 60), strings.Repeat("-", 9), strings.Repeat("-", 10), strings.Repeat("-", 10), strings.Repeat("-", 48))
+	fmt.Printf("| %-58s | %7s | %8s | %8s | %11s | %-46s |\n", "scenario", "msgs", "seconds", "msg/s", "µs CPU/msg", "ratio")
+	fmt.Printf("|%s|%s|%s|%s|%s|%s|\n", strings.Repeat("-", 60), strings.Repeat("-", 9), strings.Repeat("-", 10), strings.Repeat("-", 10), strings.Repeat("-", 13), strings.Repeat("-", 48))
 	ratio := func(r row) string {
 		switch r.name {
 		case rawPubName, rawConName:
 			return "1 (baseline)"
 		case busPubName:
+			if bn.publishOnly {
+				return fmt.Sprintf("%.2f× raw (%.2f× raw batches)", r.rate()/rawPub.rate(), r.rate()/best[rawBatchName].rate())
+			}
 			return fmt.Sprintf("%.2f× raw (%.2f× raw batches), %.1f× watermill", r.rate()/rawPub.rate(), r.rate()/best[rawBatchName].rate(), r.rate()/wmPub.rate())
 		case bus16Name:
 			return fmt.Sprintf("%.2f× raw, %.1f× watermill", r.rate()/rawPub.rate(), r.rate()/wmPub.rate())
@@ -182,9 +296,13 @@ func main() {
 		return fmt.Sprintf("%.2f× raw", r.rate()/rawPub.rate())
 	}
 	for _, r := range rows {
-		fmt.Printf("| %-58s | %7d | %8.2f | %8.0f | %-46s |\n", r.name, r.n, r.d.Seconds(), r.rate(), ratio(r))
+		fmt.Printf("| %-58s | %7d | %8.2f | %8.0f | %11.1f | %-46s |\n", r.name, r.n, r.d.Seconds(), r.rate(), r.cpuPerMsg(), ratio(r))
 	}
 	fmt.Println()
+	if bn.publishOnly {
+		fmt.Printf("bus publish (batches of %d) / raw publish: %.2f; / raw batches: %.2f\n", bn.batch, busPub.rate()/rawPub.rate(), busPub.rate()/best[rawBatchName].rate())
+		return
+	}
 	check := func(what string, got, want float64) {
 		verdict := "met"
 		if got < want {
@@ -248,12 +366,12 @@ const (
 	bus16Name   = "bus publish, 16 publishers, single events"
 	busC1Name   = "bus consume, concurrency 1"
 	busC16Name  = "bus consume, concurrency 16"
+	busRefName  = "bus publish, 1 publisher, batches of 1000 (reference)"
 )
 
 // rawPublish publishes n persistent messages on one confirm-mode channel
-// with up to 1,000 confirms outstanding: the bus's wire messages
-// (encoded before the clock starts) when same is true, bare bodies
-// otherwise.
+// with up to 1,000 confirms outstanding: the bus's wire messages when same
+// is true, bare bodies otherwise.
 func (bn *bench) rawPublish(n int, sfx string, same bool) (row, error) {
 	r := row{name: rawPubName, n: n}
 	if !same {
@@ -275,20 +393,21 @@ func (bn *bench) rawPublishing(r row, sfx string, same bool, batch int) (row, er
 	if err := bn.topic(ex, "topic", q, "raw.#"); err != nil {
 		return r, err
 	}
-	pubs := make([]amqp091.Publishing, n)
-	for i := range pubs {
-		pubs[i] = amqp091.Publishing{DeliveryMode: amqp091.Persistent, ContentType: "application/json", Body: bn.payload}
-		if same {
-			ev, err := eventbus.NewEvent("raw.event", "bench", eventbus.Domain, json.RawMessage(bn.payload))
-			if err != nil {
-				return r, err
-			}
-			m := eventbus.EncodeMessage(ev)
-			h := make(amqp091.Table, len(m.Metadata))
-			for k, v := range m.Metadata {
-				h[k] = v
-			}
-			pubs[i].Headers, pubs[i].MessageId, pubs[i].CorrelationId, pubs[i].Timestamp = h, ev.ID, ev.CorrelationID, ev.Time
+	// The events are created before the clock starts, as the bus's are;
+	// each message is built from its event when it is published, as a
+	// client publishing events must, and as the bus does.
+	evs := make([]eventbus.Event, n)
+	for i := range evs {
+		ev, err := eventbus.NewEvent("raw.event", "bench", eventbus.Domain, json.RawMessage(bn.payload))
+		if err != nil {
+			return r, err
+		}
+		ev.CorrelationID = ev.ID // as Bus.Publish sets it
+		evs[i] = ev
+	}
+	if same {
+		if err := sameWire(evs[0], rawMessage(evs[0], true)); err != nil {
+			return r, err
 		}
 	}
 	conn, err := amqp091.Dial(bn.url)
@@ -328,10 +447,10 @@ func (bn *bench) rawPublishing(r row, sfx string, same bool, batch int) (row, er
 			}
 		}
 	}()
-	start := time.Now()
+	clk := startClock()
 	for i := 0; i < n; i++ {
 		window <- struct{}{}
-		if err := ch.Publish(ex, "raw.event", true, false, pubs[i]); err != nil {
+		if err := ch.Publish(ex, "raw.event", true, false, rawMessage(evs[i], same)); err != nil {
 			return r, err
 		}
 		if batch > 0 && ((i+1)%batch == 0 || i+1 == n) {
@@ -339,11 +458,47 @@ func (bn *bench) rawPublishing(r row, sfx string, same bool, batch int) (row, er
 		}
 	}
 	<-done
-	r.d = time.Since(start)
+	clk.stop(&r)
 	if nacks.Load() > 0 {
 		return r, fmt.Errorf("%d nacks", nacks.Load())
 	}
 	return r, nil
+}
+
+// rawMessage builds the publishing a raw amqp091-go client sends for ev:
+// with same, the headers and properties of the bus's wire format, built
+// directly from the event's fields; otherwise only the body.
+func rawMessage(ev eventbus.Event, same bool) amqp091.Publishing {
+	pub := amqp091.Publishing{DeliveryMode: amqp091.Persistent, ContentType: "application/json", Body: ev.Data}
+	if same {
+		pub.Headers = amqp091.Table{
+			eventbus.HeaderSpecVersion:   "1.0",
+			eventbus.HeaderID:            ev.ID,
+			eventbus.HeaderSource:        ev.Source,
+			eventbus.HeaderType:          ev.Name,
+			eventbus.HeaderTime:          ev.Time.UTC().Format(time.RFC3339Nano),
+			eventbus.HeaderEventType:     ev.Type.String(),
+			eventbus.HeaderContentType:   "application/json",
+			eventbus.HeaderCorrelationID: ev.CorrelationID,
+		}
+		pub.MessageId, pub.CorrelationId, pub.Timestamp = ev.ID, ev.CorrelationID, ev.Time
+	}
+	return pub
+}
+
+// sameWire checks that pub carries exactly the headers the bus sends for
+// ev, so that the raw baseline publishes the bus's messages.
+func sameWire(ev eventbus.Event, pub amqp091.Publishing) error {
+	md := eventbus.EncodeMessage(ev).Metadata
+	if len(md) != len(pub.Headers) {
+		return fmt.Errorf("raw headers %v differ from the bus's %v", pub.Headers, md)
+	}
+	for k, v := range md {
+		if pub.Headers[k] != v {
+			return fmt.Errorf("raw header %s=%v differs from the bus's %q", k, pub.Headers[k], v)
+		}
+	}
+	return nil
 }
 
 // rawConsume drains the queue rawPublish filled with prefetch 200 and an
@@ -362,7 +517,7 @@ func (bn *bench) rawConsume(n int, sfx string) (row, error) {
 	if err := ch.Qos(200, 0, false); err != nil {
 		return r, err
 	}
-	start := time.Now()
+	clk := startClock()
 	ds, err := ch.Consume(bn.name("raw-q"+sfx), "", false, false, false, false, nil)
 	if err != nil {
 		return r, err
@@ -376,7 +531,7 @@ func (bn *bench) rawConsume(n int, sfx string) (row, error) {
 			return r, err
 		}
 	}
-	r.d = time.Since(start)
+	clk.stop(&r)
 	return r, nil
 }
 
@@ -410,7 +565,7 @@ func (bn *bench) watermillPublish(n int, sfx string) (row, error) {
 		return r, err
 	}
 	defer pub.Close()
-	start := time.Now()
+	clk := startClock()
 	for i := 0; i < n; i += 100 {
 		msgs := make([]*message.Message, 0, 100)
 		for j := i; j < min(i+100, n); j++ {
@@ -420,7 +575,7 @@ func (bn *bench) watermillPublish(n int, sfx string) (row, error) {
 			return r, err
 		}
 	}
-	r.d = time.Since(start)
+	clk.stop(&r)
 	return r, nil
 }
 
@@ -435,7 +590,7 @@ func (bn *bench) watermillConsume(n int, sfx string) (row, error) {
 	defer sub.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	start := time.Now()
+	clk := startClock()
 	msgs, err := sub.Subscribe(ctx, bn.name("wm"+sfx))
 	if err != nil {
 		return r, err
@@ -447,27 +602,20 @@ func (bn *bench) watermillConsume(n int, sfx string) (row, error) {
 		}
 		m.Ack()
 	}
-	r.d = time.Since(start)
+	clk.stop(&r)
 	return r, nil
 }
 
-// busAll measures the Bus: publishing n events in batches of 100 from one
-// goroutine, n single events from 16 goroutines, then consuming them at
-// concurrency 16 and (n1 of them) at concurrency 1.
-func (bn *bench) busAll(n, n1 int, sfx string) ([]row, error) {
-	pub := row{name: busPubName, n: n}
-	pub16 := row{name: bus16Name, n: n}
-	c1 := row{name: busC1Name, n: n1}
-	c16 := row{name: busC16Name, n: n}
-	rows, err := bn.bus(&pub, &pub16, &c1, &c16, sfx)
-	return rows, err
-}
-
-func (bn *bench) bus(pub, pub16, c1, c16 *row, sfx string) (rows []row, err error) {
-	n := pub.n
+// busAll measures the Bus: publishing n events in batches (-batch) from
+// one goroutine, n single events from 16 goroutines, consuming them at
+// concurrency 16 and (n1 of them) at concurrency 1, and, for reference, n
+// events in Publish calls of 1,000, as many as the raw baseline keeps in
+// flight. With -only publish, only the single publisher's rows.
+func (bn *bench) busAll(n, n1 int, sfx string) (rows []row, err error) {
+	cur := row{name: busPubName, n: n}
 	defer func() {
-		if err == nil {
-			rows = []row{*pub, *pub16, *c1, *c16}
+		if err != nil {
+			rows = append(rows, row{name: cur.name})
 		}
 	}()
 	exchange := bn.name("bus" + sfx)
@@ -481,11 +629,12 @@ func (bn *bench) bus(pub, pub16, c1, c16 *row, sfx string) (rows []row, err erro
 	// The subscription queues exist before publishing (as they would in
 	// production), so the published events are routed and stored; the
 	// consumers start afterwards and drain them.
-	if err = bn.topic(exchange, "topic", svc+".c16", "bench.batch"); err != nil {
-		return
-	}
-	if err = bn.topic(exchange, "topic", svc+".c1", "bench.single"); err != nil {
-		return
+	for _, b := range []struct{ queue, key string }{
+		{"c16", "bench.batch"}, {"c1", "bench.single"}, {"ref", "bench.ref"}, {"warmup", "bench.warmup"},
+	} {
+		if err = bn.topic(exchange, "topic", svc+"."+b.queue, b.key); err != nil {
+			return
+		}
 	}
 	p, err := eventbus.New(ctx, eventbus.Config{ServiceName: bn.name("pub"), URL: url, Logger: quiet})
 	if err != nil {
@@ -495,7 +644,7 @@ func (bn *bench) bus(pub, pub16, c1, c16 *row, sfx string) (rows []row, err erro
 	// Events are created before the clock starts, as the raw baseline's
 	// messages are; Publish still validates and encodes them.
 	data := json.RawMessage(bn.payload)
-	mk := func(name string) []eventbus.Event {
+	mk := func(name string, n int) []eventbus.Event {
 		evs := make([]eventbus.Event, n)
 		for i := range evs {
 			evs[i], err = eventbus.NewEvent(name, "bench", eventbus.Domain, data)
@@ -505,73 +654,117 @@ func (bn *bench) bus(pub, pub16, c1, c16 *row, sfx string) (rows []row, err erro
 		}
 		return evs
 	}
-	batchEvs, singleEvs := mk("bench.batch"), mk("bench.single")
-
-	start := time.Now()
-	for i := 0; i < n; i += bn.batch {
-		if err = p.Publish(ctx, batchEvs[i:min(i+bn.batch, n)]...); err != nil {
+	// The raw baseline opens its channel and puts it in confirm mode
+	// before its clock starts; the bus opens its pooled publishing
+	// channels on first use, so one Publish per channel opens them first.
+	for _, ev := range mk("bench.warmup", bn.publishChannels()) {
+		if err = p.Publish(ctx, ev); err != nil {
 			return
 		}
 	}
-	pub.d = time.Since(start)
-
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	start = time.Now()
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-				if err := p.Publish(ctx, singleEvs[i-1]); err != nil {
-					errs <- err
-					return
-				}
+	batches := func(r *row, evs []eventbus.Event, size int) error {
+		clk := startClock()
+		for i := 0; i < len(evs); i += size {
+			if err := p.Publish(ctx, evs[i:min(i+size, len(evs))]...); err != nil {
+				return err
 			}
-		}()
-	}
-	wg.Wait()
-	pub16.d = time.Since(start)
-	close(errs)
-	if err = <-errs; err != nil {
-		return
-	}
-
-	consume := func(r *row, sub, pattern string, conc int) error {
-		b, err := eventbus.New(ctx, eventbus.Config{ServiceName: svc, URL: url, Logger: quiet})
-		if err != nil {
-			return err
 		}
-		defer b.Close(ctx)
-		var count atomic.Int64
-		done := make(chan struct{})
-		target := int64(r.n)
-		if err := b.Subscribe(pattern, func(context.Context, eventbus.Event) error {
-			if count.Add(1) == target {
-				close(done)
-			}
-			return nil
-		}, eventbus.SubscriptionName(sub), eventbus.Concurrency(conc)); err != nil {
-			return err
-		}
-		start := time.Now()
-		if err := b.Start(ctx); err != nil {
-			return err
-		}
-		select {
-		case <-done:
-		case <-time.After(2 * time.Minute):
-			return fmt.Errorf("%s: only %d of %d handled", r.name, count.Load(), target)
-		}
-		r.d = time.Since(start)
+		clk.stop(r)
 		return nil
 	}
-	if err = consume(c16, "c16", "bench.batch", 16); err != nil {
+	batchEvs := mk("bench.batch", n)
+	if err = batches(&cur, batchEvs, bn.batch); err != nil {
 		return
 	}
-	err = consume(c1, "c1", "bench.single", 1)
-	return
+	rows = append(rows, cur)
+
+	if !bn.publishOnly {
+		cur = row{name: bus16Name, n: n}
+		singleEvs := mk("bench.single", n)
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		clk := startClock()
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+					if err := p.Publish(ctx, singleEvs[i-1]); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		clk.stop(&cur)
+		close(errs)
+		if err = <-errs; err != nil {
+			return
+		}
+		rows = append(rows, cur)
+
+		consume := func(r *row, sub, pattern string, conc int) error {
+			b, err := eventbus.New(ctx, eventbus.Config{ServiceName: svc, URL: url, Logger: quiet})
+			if err != nil {
+				return err
+			}
+			defer b.Close(ctx)
+			var count atomic.Int64
+			done := make(chan struct{})
+			target := int64(r.n)
+			if err := b.Subscribe(pattern, func(context.Context, eventbus.Event) error {
+				if count.Add(1) == target {
+					close(done)
+				}
+				return nil
+			}, eventbus.SubscriptionName(sub), eventbus.Concurrency(conc)); err != nil {
+				return err
+			}
+			clk := startClock()
+			if err := b.Start(ctx); err != nil {
+				return err
+			}
+			select {
+			case <-done:
+			case <-time.After(2 * time.Minute):
+				return fmt.Errorf("%s: only %d of %d handled", r.name, count.Load(), target)
+			}
+			clk.stop(r)
+			return nil
+		}
+		cur = row{name: busC16Name, n: n}
+		if err = consume(&cur, "c16", "bench.batch", 16); err != nil {
+			return
+		}
+		rows = append(rows, cur)
+		cur = row{name: busC1Name, n: n1}
+		if err = consume(&cur, "c1", "bench.single", 1); err != nil {
+			return
+		}
+		rows = append(rows, cur)
+	}
+
+	// Last, so that its queue does not hold n more messages while the
+	// other rows are measured.
+	cur = row{name: busRefName, n: n}
+	if err = batches(&cur, mk("bench.ref", n), 1000); err != nil {
+		return
+	}
+	rows = append(rows, cur)
+	return rows, nil
+}
+
+// publishChannels is the size of the bus's pool of publishing channels.
+func (bn *bench) publishChannels() int {
+	q, err := neturl.ParseQuery(bn.busParams)
+	if err == nil {
+		if n, err := strconv.Atoi(q.Get("publish_channels")); err == nil && n > 0 {
+			return n
+		}
+	}
+	return busamqp.DefaultPublishChannels
 }
 
 func sep(u string) string {
