@@ -52,7 +52,10 @@ func EncodeMessage(e Event) *message.Message {
 	if len(data) == 0 {
 		data = []byte("null")
 	}
-	md := make(message.Metadata, 10+len(e.Metadata))
+	msg := message.NewMessage(e.ID, data)
+	// The eight headers every event has fill exactly one group of the
+	// map NewMessage made; a hint would allocate a larger table instead.
+	md := msg.Metadata
 	md[wire.SpecVersion] = wire.SpecVersionValue
 	md[wire.ID] = e.ID
 	md[wire.Source] = e.Source
@@ -73,8 +76,6 @@ func EncodeMessage(e Event) *message.Message {
 	for k, v := range e.Metadata {
 		md[wire.MetadataPrefix+k] = v
 	}
-	msg := message.NewMessage(e.ID, data)
-	msg.Metadata = md
 	return msg
 }
 

@@ -372,11 +372,18 @@ func (s *subscriber) work(g *group, out chan<- *message.Message, stop <-chan str
 			return
 		}
 		m.SetContext(s.t.ctx)
+		// Non-blocking attempts first: a select with a default case
+		// compiles to a plain channel operation, far cheaper than a
+		// blocking multi-way select, and this runs once per event.
 		select {
 		case out <- m:
-		case <-stop:
-			g.giveBack(m)
-			return
+		default:
+			select {
+			case out <- m:
+			case <-stop:
+				g.giveBack(m)
+				return
+			}
 		}
 		select {
 		case <-m.Acked():
@@ -405,6 +412,11 @@ func (s *subscriber) next(g *group, stop <-chan struct{}) *message.Message {
 		select {
 		case <-stop:
 			return nil
+		default:
+		}
+		select {
+		case m := <-g.queue:
+			return m
 		default:
 		}
 		select {
