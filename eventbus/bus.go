@@ -657,7 +657,7 @@ func growStack(h message.HandlerFunc) message.HandlerFunc {
 
 //go:noinline
 func stackReserve() {
-	var buf [4 << 10]byte
+	var buf [8 << 10]byte
 	stackSink(buf[:])
 }
 
