@@ -26,6 +26,25 @@ func BenchmarkEndToEnd(b *testing.B) {
 		b.Run(fmt.Sprintf("bus/concurrency=%d", c), func(b *testing.B) { benchBus(b, c) })
 	}
 	b.Run("watermill-gochannel-router", benchGoChannel)
+	b.Run("transport-router-floor", benchFloor)
+}
+
+// benchFloor is the memory transport under a bare Router, with messages
+// encoded beforehand and no Bus middleware: what is left when the Bus's own
+// work (encoding, decoding, failure policy) is taken away.
+func benchFloor(b *testing.B) {
+	name := "bench-" + b.Name()
+	defer memory.Forget(name)
+	tr, err := eventbus.OpenTransport(context.Background(), eventbus.Config{ServiceName: "floor", URL: "mem://" + name})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "floor.bench", Concurrency: 8})
+	if err != nil {
+		b.Fatal(err)
+	}
+	runRouter(b, sub, func(msgs []*message.Message) error { return tr.Publisher().Publish("bench.event", msgs...) })
 }
 
 const batch = 100
@@ -75,6 +94,12 @@ func benchBus(b *testing.B, concurrency int) {
 
 func benchGoChannel(b *testing.B) {
 	pubsub := gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{})
+	runRouter(b, pubsub, func(msgs []*message.Message) error { return pubsub.Publish("bench.event", msgs...) })
+}
+
+// runRouter measures publish → handler → ack for a subscriber under a bare
+// Watermill Router, publishing b.N encoded events in batches.
+func runRouter(b *testing.B, sub message.Subscriber, publish func([]*message.Message) error) {
 	router, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
 	if err != nil {
 		b.Fatal(err)
@@ -82,7 +107,7 @@ func benchGoChannel(b *testing.B) {
 	var handled atomic.Int64
 	done := make(chan struct{})
 	n := int64(b.N)
-	router.AddConsumerHandler("bench", "bench.event", pubsub, func(*message.Message) error {
+	router.AddConsumerHandler("bench", "bench.event", sub, func(*message.Message) error {
 		if handled.Add(1) == n {
 			close(done)
 		}
@@ -103,7 +128,7 @@ func benchGoChannel(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	for i := 0; i < len(msgs); i += batch {
-		if err := pubsub.Publish("bench.event", msgs[i:min(i+batch, len(msgs))]...); err != nil {
+		if err := publish(msgs[i:min(i+batch, len(msgs))]); err != nil {
 			b.Fatal(err)
 		}
 	}
