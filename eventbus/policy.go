@@ -26,7 +26,7 @@ type Policy struct {
 	// Zero takes the default; use a tiny value such as 1e-9 for none.
 	Jitter float64
 	// MaxElapsed stops retrying when the next attempt would start later
-	// than this after the first.
+	// than this after the first failure.
 	MaxElapsed time.Duration
 	// HandlerTimeout bounds each handler call through its ctx; negative
 	// disables it, and so does the default.
