@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -33,14 +32,7 @@ func TestAsyncRabbitMQ(t *testing.T) {
 
 func runScenario(t *testing.T, url string) (Result, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	var out extest.Buffer
-	res, err := run(ctx, &out, url)
-	if err != nil {
-		t.Fatalf("run: %v\noutput:\n%s", err, out.String())
-	}
-	return res, out.String()
+	return extest.Run(t, 30*time.Second, run, url)
 }
 
 func checkResult(t *testing.T, res Result, out string) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -54,14 +53,7 @@ func TestWorkflowRabbitMQ(t *testing.T) {
 
 func runScenario(t *testing.T, url string) (Result, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	var out extest.Buffer
-	res, err := run(ctx, &out, url)
-	if err != nil {
-		t.Fatalf("run: %v\noutput:\n%s", err, out.String())
-	}
-	return res, out.String()
+	return extest.Run(t, 20*time.Second, run, url)
 }
 
 func checkResult(t *testing.T, res Result, out string) {

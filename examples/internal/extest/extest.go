@@ -5,6 +5,8 @@ package extest
 
 import (
 	"bytes"
+	"context"
+	"io"
 	"net/url"
 	"slices"
 	"strings"
@@ -73,4 +75,19 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// Run runs an example's scenario on url with a deadline, failing the test
+// with the scenario's output if it returns an error; it returns the result
+// and the output.
+func Run[R any](t testing.TB, timeout time.Duration, run func(context.Context, io.Writer, string) (R, error), url string) (R, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out Buffer
+	res, err := run(ctx, &out, url)
+	if err != nil {
+		t.Fatalf("run: %v\noutput:\n%s", err, out.String())
+	}
+	return res, out.String()
 }
