@@ -40,6 +40,11 @@ func (t EventType) Valid() bool { return t >= Domain && t <= Notification }
 // ParseEventType parses the name of an event type, ignoring case, so both
 // "domain" and "DOMAIN" give [Domain]. Unknown names are an error.
 func ParseEventType(s string) (EventType, error) {
+	for i := Domain; i <= Notification; i++ { // exact, as on the wire
+		if s == eventTypeNames[i] {
+			return i, nil
+		}
+	}
 	for i := Domain; i <= Notification; i++ {
 		if strings.EqualFold(s, eventTypeNames[i]) {
 			return i, nil
