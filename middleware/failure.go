@@ -3,7 +3,6 @@ package middleware
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -43,49 +42,28 @@ func Reason(err error) string {
 	return ReasonRetriesExhausted
 }
 
-// failures counts a message's failed handler calls across retries, so that
-// the poison queue can record attempts and failure times.
-type failures struct {
-	mu          sync.Mutex
+// retriedError is what Retry returns when it gives up: the handler's last
+// error, with the number of calls made and when the first and last of them
+// failed, which Poison records. Passing them in the error rather than in
+// the message's ctx costs nothing on the path where the handler succeeds.
+type retriedError struct {
+	err         error
 	attempts    int
 	first, last time.Time
 }
 
-type failuresKey struct{}
+func (e *retriedError) Error() string { return e.err.Error() }
+func (e *retriedError) Unwrap() error { return e.err }
 
-func (f *failures) record(now time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.attempts == 0 {
-		f.first = now
+// failureRecord returns how many handler calls err reports as failed and
+// when: Retry's record if err carries one, else a single failure now.
+func failureRecord(err error) (attempts int, first, last time.Time) {
+	var r *retriedError
+	if errors.As(err, &r) {
+		return r.attempts, r.first, r.last
 	}
-	f.attempts++
-	f.last = now
-}
-
-func (f *failures) snapshot() (int, time.Time, time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.attempts, f.first, f.last
-}
-
-// failuresCtx carries the failure record in the same allocation as the
-// ctx that holds it.
-type failuresCtx struct {
-	context.Context
-	f failures
-}
-
-func (c *failuresCtx) Value(key any) any {
-	if key == (failuresKey{}) {
-		return &c.f
-	}
-	return c.Context.Value(key)
-}
-
-func failuresFrom(ctx context.Context) *failures {
-	f, _ := ctx.Value(failuresKey{}).(*failures)
-	return f
+	now := time.Now()
+	return 1, now, now
 }
 
 // Timeout gives each handler call its own deadline through the message's

@@ -40,22 +40,15 @@ type Poison struct {
 // Middleware returns the middleware.
 func (p Poison) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
-		orig := msg.Context()
-		fc := &failuresCtx{Context: orig}
-		f := &fc.f
-		msg.SetContext(fc)
 		out, err := h(msg)
-		msg.SetContext(orig)
 		if err == nil {
 			return out, nil
 		}
+		orig := msg.Context()
 		if orig.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 			return nil, err
 		}
-		attempts, first, last := f.snapshot()
-		if attempts == 0 {
-			attempts, first, last = 1, time.Now(), time.Now()
-		}
+		attempts, first, last := failureRecord(err)
 		poisoned := msg.Copy()
 		md := poisoned.Metadata
 		md[wire.PoisonReason] = Reason(err)

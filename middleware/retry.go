@@ -16,6 +16,9 @@ import (
 // settings: Watermill's Retry ignores Multiplier without MaxInterval and
 // shifts its delays when OnRetryHook is set, so it is not used.
 //
+// The error it finally returns wraps the handler's last one (errors.Is and
+// errors.As see through it) and tells Poison how many calls failed and when.
+//
 // Waiting happens in the handler's goroutine and holds no lock, so it delays
 // only this message: other messages of the subscription (up to its
 // concurrency) and other subscriptions go on.
@@ -54,11 +57,8 @@ func (r Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			if attempt == 1 {
 				start = now
 			}
-			if f := failuresFrom(msg.Context()); f != nil {
-				f.record(now)
-			}
 			if IsPermanent(err) || attempt >= r.MaxAttempts {
-				return out, err
+				return out, &retriedError{err: err, attempts: attempt, first: start, last: now}
 			}
 			if b == nil {
 				maxInterval := r.MaxInterval
@@ -79,7 +79,7 @@ func (r Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			}
 			delay := b.NextBackOff()
 			if r.MaxElapsedTime > 0 && now.Add(delay).Sub(start) > r.MaxElapsedTime {
-				return out, err
+				return out, &retriedError{err: err, attempts: attempt, first: start, last: now}
 			}
 			if r.Logger != nil {
 				r.Logger.Debug("eventbus: retrying handler", "message_id", msg.UUID, "attempt", attempt+1, "delay", delay, "error", err)

@@ -58,7 +58,7 @@ func TestRetrySkipsPermanentErrors(t *testing.T) {
 	} {
 		var c calls
 		_, got := Retry{MaxAttempts: 5, InitialInterval: time.Hour}.Middleware(failing(&c, err))(newMsg("m"))
-		if got != err {
+		if !errors.Is(got, err) || got.Error() != err.Error() {
 			t.Errorf("%s: returned %v, want %v", label, got, err)
 		}
 		if c.count() != 1 {
@@ -221,27 +221,20 @@ func TestRetryDoesNotOverflow(t *testing.T) {
 }
 
 func TestRetryRecordsFailures(t *testing.T) {
-	f := &failures{}
-	msg := newMsg("m")
-	msg.SetContext(context.WithValue(context.Background(), failuresKey{}, f))
 	var c calls
-	Retry{MaxAttempts: 3, InitialInterval: time.Millisecond}.Middleware(failing(&c, errFlaky))(msg)
-	n, first, last := f.snapshot()
-	if n != 3 || first.IsZero() || last.Before(first) {
-		t.Errorf("failures = %d, %v, %v", n, first, last)
+	_, err := Retry{MaxAttempts: 3, InitialInterval: time.Millisecond}.Middleware(failing(&c, errFlaky))(newMsg("m"))
+	if !errors.Is(err, errFlaky) || err.Error() != errFlaky.Error() {
+		t.Fatalf("Retry returned %v, want the handler's error", err)
 	}
-	// A success is not a failure.
-	f = &failures{}
-	msg.SetContext(context.WithValue(context.Background(), failuresKey{}, f))
+	n, first, last := failureRecord(err)
+	if n != 3 || first.IsZero() || !last.After(first) {
+		t.Errorf("failure record = %d, %v, %v; want 3 calls, the last after the first", n, first, last)
+	}
+	// A permanent error ends it at once and is recorded as one call.
 	c = calls{}
-	Retry{MaxAttempts: 3, InitialInterval: time.Millisecond}.Middleware(func(*message.Message) ([]*message.Message, error) {
-		if c.add() == 1 {
-			return nil, errFlaky
-		}
-		return nil, nil
-	})(msg)
-	if n, _, _ := f.snapshot(); n != 1 {
-		t.Errorf("recorded %d failures, want 1", n)
+	_, err = Retry{MaxAttempts: 3, InitialInterval: time.Millisecond}.Middleware(failing(&c, permanentErr{"bad"}))(newMsg("m"))
+	if n, _, _ := failureRecord(err); n != 1 || !IsPermanent(err) {
+		t.Errorf("permanent error: %d calls recorded, IsPermanent %v; want 1, true", n, IsPermanent(err))
 	}
 }
 
