@@ -11,7 +11,10 @@
 // subscription group holds before Publish blocks: back-pressure instead of
 // unbounded memory. A group that nobody consumes any more therefore blocks
 // publishers of its events once full, until their ctx ends, as a RabbitMQ
-// queue without consumers would grow; delete such groups with [Forget].
+// queue without consumers would grow; delete such groups with [Forget]. A
+// blocked Publish goes on once the group has drained to half (or its
+// consumers went away leaving room), so that publishers and consumers work in
+// bursts instead of taking turns for every event.
 //
 // Work is done by a fixed number of goroutines per subscriber (its
 // concurrency), never by a goroutine per event.
@@ -119,7 +122,7 @@ func (b *broker) bind(name string, p eventbus.Pattern) *group {
 	defer b.mu.Unlock()
 	g, ok := b.groups[name]
 	if !ok {
-		g = &group{name: name, queue: make(chan *message.Message, b.buffer), wake: make(chan struct{}, 1)}
+		g = &group{name: name, queue: make(chan *message.Message, b.buffer), wake: make(chan struct{}, 1), room: make(chan struct{}, 1)}
 		b.groups[name] = g
 	}
 	for _, q := range g.patterns {
@@ -175,6 +178,13 @@ type group struct {
 	back  []*message.Message
 	nback atomic.Int32
 	wake  chan struct{} // signalled when back gains an event
+
+	// Publishers that found the queue full wait for room until it has
+	// drained to half, not for the first free slot: waking a publisher for
+	// every event a consumer takes made both sides trade places on one CPU
+	// per event.
+	full atomic.Int32  // publishers waiting for room
+	room chan struct{} // signalled when the queue drained to half
 }
 
 // giveBack requeues an event. It never blocks: the events given back are at
@@ -216,13 +226,58 @@ func (g *group) push(ctx context.Context, abort <-chan struct{}, m *message.Mess
 		return nil
 	default:
 	}
+	for {
+		g.full.Add(1)
+		// Look again after saying so: a consumer that drained the queue
+		// before seeing the count would not signal.
+		select {
+		case g.queue <- m:
+			g.full.Add(-1)
+			g.passRoom()
+			return nil
+		default:
+		}
+		select {
+		case <-g.room:
+		case <-ctx.Done():
+			g.full.Add(-1)
+			g.passRoom()
+			return fmt.Errorf("subscription %s is full (back-pressure): %w", g.name, ctx.Err())
+		case <-abort:
+			g.full.Add(-1)
+			g.passRoom()
+			return ErrClosed
+		}
+		g.full.Add(-1)
+		select {
+		case g.queue <- m:
+			g.passRoom()
+			return nil
+		default:
+		}
+	}
+}
+
+// took is called by consumers after taking an event from the queue: once
+// the queue has drained to half, a waiting publisher may go on.
+func (g *group) took() {
+	if g.full.Load() > 0 && len(g.queue) <= cap(g.queue)/2 {
+		g.signalRoom()
+	}
+}
+
+// passRoom hands the room signal on to the next waiting publisher, if any,
+// since one signal wakes only one of them.
+func (g *group) passRoom() {
+	if g.full.Load() > 0 && len(g.queue) < cap(g.queue) {
+		g.signalRoom()
+	}
+}
+
+func (g *group) signalRoom() {
 	select {
-	case g.queue <- m:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("subscription %s is full (back-pressure): %w", g.name, ctx.Err())
-	case <-abort:
-		return ErrClosed
+	case g.room <- struct{}{}:
+	default:
 	}
 }
 
@@ -365,6 +420,9 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 }
 
 func (s *subscriber) work(g *group, out chan<- *message.Message, stop <-chan struct{}) {
+	// A publisher waiting for the queue to drain to half must not wait
+	// for consumers that are gone while there is room.
+	defer g.passRoom()
 	abort := s.t.ctx.Done()
 	for {
 		m := s.next(g, stop)
@@ -416,11 +474,13 @@ func (s *subscriber) next(g *group, stop <-chan struct{}) *message.Message {
 		}
 		select {
 		case m := <-g.queue:
+			g.took()
 			return m
 		default:
 		}
 		select {
 		case m := <-g.queue:
+			g.took()
 			return m
 		case <-g.wake:
 		case <-stop:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,23 +44,7 @@ func newBus(t *testing.T, url, service string) *eventbus.Bus {
 // error names the event that was not published.
 func TestBackPressure(t *testing.T) {
 	url := freshURL(t) + "?buffer=2"
-	tr, err := eventbus.OpenTransport(context.Background(), eventbus.Config{ServiceName: "bp", URL: url})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "bp.idle", Concurrency: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Subscribing creates the durable group; closing leaves it with no
-	// consumer, like a RabbitMQ queue whose service is down.
-	if _, err := sub.Subscribe(context.Background(), "bp.#"); err != nil {
-		t.Fatal(err)
-	}
-	if err := sub.Close(); err != nil {
-		t.Fatal(err)
-	}
+	idleGroup(t, url, "bp")
 	pub := newBus(t, url, "bp-pub")
 	for i := range 2 {
 		ev, _ := eventbus.NewEvent("bp.event", "bp", eventbus.Domain, i)
@@ -70,7 +55,7 @@ func TestBackPressure(t *testing.T) {
 	ev, _ := eventbus.NewEvent("bp.event", "bp", eventbus.Domain, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	err = pub.Publish(ctx, ev)
+	err := pub.Publish(ctx, ev)
 	var pe *eventbus.PublishError
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &pe) || pe.IDs()[0] != ev.ID {
 		t.Fatalf("publishing into a full subscription: got %v, want a PublishError naming %s with DeadlineExceeded", err, ev.ID)
@@ -90,6 +75,141 @@ func TestBackPressure(t *testing.T) {
 		t.Fatalf("publishing after the consumer drained the buffer: %v", err)
 	}
 	waitUntil(t, func() bool { return handled.Load() == 3 })
+}
+
+// Publishers blocked on a full subscription all go on once a consumer
+// drains it: none is left waiting, and every event arrives once.
+func TestBackPressureWakesEveryPublisher(t *testing.T) {
+	url := freshURL(t) + "?buffer=4"
+	idleGroup(t, url, "bpw")
+	pub := newBus(t, url, "bpw-pub")
+	const publishers, each = 10, 20
+	errs := make(chan error, publishers)
+	for p := range publishers {
+		go func() {
+			for i := range each {
+				ev, _ := eventbus.NewEvent("bpw.event", "bpw", eventbus.Domain, p*each+i)
+				if err := pub.Publish(context.Background(), ev); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	b := newBus(t, url, "bpw")
+	var mu sync.Mutex
+	seen := map[int]int{}
+	if err := b.Subscribe("bpw.#", func(_ context.Context, ev eventbus.Event) error {
+		var n int
+		if err := ev.Decode(&n); err != nil {
+			return err
+		}
+		mu.Lock()
+		seen[n]++
+		mu.Unlock()
+		return nil
+	}, eventbus.SubscriptionName("idle")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for range publishers {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatalf("a blocked publisher failed: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a publisher is still blocked 10s after the consumer started")
+		}
+	}
+	waitUntil(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(seen) == publishers*each })
+	mu.Lock()
+	defer mu.Unlock()
+	for n, c := range seen {
+		if c != 1 {
+			t.Errorf("event %d handled %d times", n, c)
+		}
+	}
+}
+
+// Publishers waiting for a full subscription to drain are not left waiting
+// when its consumers go away after taking only a few events: there is room,
+// so they go on, every one of them.
+func TestBackPressureRoomAfterConsumerLeaves(t *testing.T) {
+	url := freshURL(t) + "?buffer=16"
+	tr := idleGroup(t, url, "bpl")
+	pub := newBus(t, url, "bpl-pub")
+	for i := range 16 {
+		ev, _ := eventbus.NewEvent("bpl.event", "bpl", eventbus.Domain, i)
+		if err := pub.Publish(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const blocked = 3
+	published := make(chan error, blocked)
+	for i := range blocked {
+		go func() {
+			ev, _ := eventbus.NewEvent("bpl.event", "bpl", eventbus.Domain, 16+i)
+			published <- pub.Publish(context.Background(), ev)
+		}()
+	}
+	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "bpl.idle", Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := sub.Subscribe(context.Background(), "bpl.#")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range blocked {
+		(<-msgs).Ack()
+	}
+	// Close, acking whatever the consumer still took before it stopped (a
+	// few at most, so the queue stays above half).
+	closed := make(chan error, 1)
+	go func() { closed <- sub.Close() }()
+	for m := range msgs {
+		m.Ack()
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	for range blocked {
+		select {
+		case err := <-published:
+			if err != nil {
+				t.Fatalf("publishing once the consumer left room: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a publisher is still waiting 10s after the consumer left room and went away")
+		}
+	}
+}
+
+// idleGroup creates the durable group <service>.idle bound to
+// "<service>.#" and leaves it without consumers, like a RabbitMQ queue
+// whose service is down. It returns the transport that made it.
+func idleGroup(t *testing.T, url, service string) eventbus.Transport {
+	t.Helper()
+	tr, err := eventbus.OpenTransport(context.Background(), eventbus.Config{ServiceName: service, URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: service + ".idle", Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.Subscribe(context.Background(), service+".#"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return tr
 }
 
 // Work is done by a fixed set of goroutines: thousands of queued events do
