@@ -86,60 +86,76 @@ func EncodeMessage(e Event) *message.Message {
 // the bus treats such messages as permanent failures and moves them to the
 // poison queue.
 func DecodeMessage(msg *message.Message) (Event, error) {
-	md := msg.Metadata
-	var missing []string
-	get := func(k string) string {
-		v, ok := md[k]
-		if !ok || v == "" {
-			missing = append(missing, k)
+	// One pass over the headers with a switch, rather than a map lookup
+	// per header and a second pass for the metadata: this runs for every
+	// event consumed.
+	var e Event
+	var spec, ts, typ, ct string
+	hasCT := false
+	for k, v := range msg.Metadata {
+		switch k {
+		case wire.SpecVersion:
+			spec = v
+		case wire.ID:
+			e.ID = v
+		case wire.Type:
+			e.Name = v
+		case wire.Source:
+			e.Source = v
+		case wire.Time:
+			ts = v
+		case wire.EventType:
+			typ = v
+		case wire.ContentType:
+			ct, hasCT = v, true
+		case wire.DataVersion:
+			e.DataVersion = v
+		case wire.CorrelationID:
+			e.CorrelationID = v
+		case wire.CausationID:
+			e.CausationID = v
+		case wire.PartitionKey:
+			e.PartitionKey = v
+		default:
+			if strings.HasPrefix(k, wire.MetadataPrefix) {
+				if e.Metadata == nil {
+					e.Metadata = make(map[string]string)
+				}
+				e.Metadata[k[len(wire.MetadataPrefix):]] = v
+			}
 		}
-		return v
 	}
-	spec, id, name, source, ts, typ := get(wire.SpecVersion), get(wire.ID), get(wire.Type), get(wire.Source), get(wire.Time), get(wire.EventType)
-	if len(missing) > 0 {
+	if spec == "" || e.ID == "" || e.Name == "" || e.Source == "" || ts == "" || typ == "" {
+		var missing []string
+		for _, h := range [...][2]string{{wire.SpecVersion, spec}, {wire.ID, e.ID}, {wire.Type, e.Name}, {wire.Source, e.Source}, {wire.Time, ts}, {wire.EventType, typ}} {
+			if h[1] == "" {
+				missing = append(missing, h[0])
+			}
+		}
 		return Event{}, fmt.Errorf("%w: message %s lacks header(s) %s", ErrInvalidEvent, msg.UUID, strings.Join(missing, ", "))
 	}
 	if spec != wire.SpecVersionValue {
 		return Event{}, fmt.Errorf("%w: message %s has %s %q, want %q", ErrInvalidEvent, msg.UUID, wire.SpecVersion, spec, wire.SpecVersionValue)
 	}
-	if ct, ok := md[wire.ContentType]; ok && ct != wire.JSONContentType && !strings.HasPrefix(ct, wire.JSONContentType+";") {
+	if hasCT && ct != wire.JSONContentType && !strings.HasPrefix(ct, wire.JSONContentType+";") {
 		return Event{}, fmt.Errorf("%w: message %s has content-type %q, want %q", ErrInvalidEvent, msg.UUID, ct, wire.JSONContentType)
 	}
 	t, err := time.Parse(time.RFC3339Nano, ts)
 	if err != nil {
 		return Event{}, fmt.Errorf("%w: message %s has %s %q: %v", ErrInvalidEvent, msg.UUID, wire.Time, ts, err)
 	}
-	et, err := ParseEventType(typ)
-	if err != nil {
+	e.Time = t.UTC()
+	if e.Type, err = ParseEventType(typ); err != nil {
 		return Event{}, fmt.Errorf("message %s: %w", msg.UUID, err)
 	}
-	if err := ValidateName(name); err != nil {
+	if err := ValidateName(e.Name); err != nil {
 		return Event{}, fmt.Errorf("%w: message %s: %w", ErrInvalidEvent, msg.UUID, err)
 	}
 	if !validJSON(msg.Payload) {
-		return Event{}, fmt.Errorf("%w: message %s (%s) body is not JSON", ErrInvalidEvent, msg.UUID, name)
+		return Event{}, fmt.Errorf("%w: message %s (%s) body is not JSON", ErrInvalidEvent, msg.UUID, e.Name)
 	}
-	e := Event{
-		ID:            id,
-		Name:          name,
-		Source:        source,
-		Type:          et,
-		Time:          t.UTC(),
-		DataVersion:   md[wire.DataVersion],
-		CorrelationID: md[wire.CorrelationID],
-		CausationID:   md[wire.CausationID],
-		PartitionKey:  md[wire.PartitionKey],
-		Data:          json.RawMessage(msg.Payload),
-	}
+	e.Data = json.RawMessage(msg.Payload)
 	e.checked = e.Data
-	for k, v := range md {
-		if strings.HasPrefix(k, wire.MetadataPrefix) {
-			if e.Metadata == nil {
-				e.Metadata = make(map[string]string)
-			}
-			e.Metadata[k[len(wire.MetadataPrefix):]] = v
-		}
-	}
 	return e, nil
 }
 
