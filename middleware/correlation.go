@@ -20,7 +20,7 @@ type Trace struct {
 }
 
 // traceCtx carries a Trace in one allocation (context.WithValue would box
-// the Trace separately); this runs once per event.
+// the Trace separately).
 type traceCtx struct {
 	context.Context
 	t Trace
@@ -33,6 +33,34 @@ func (c *traceCtx) Value(key any) any {
 	return c.Context.Value(key)
 }
 
+// msgTraceCtx is the ctx Correlation gives a handler: it reads the trace
+// from the message's headers only when asked, which most handlers never do;
+// this runs once per event.
+type msgTraceCtx struct {
+	context.Context
+	msg *message.Message
+}
+
+func (c *msgTraceCtx) Value(key any) any {
+	if key == (traceKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+// traceOf is the trace of a handled message: its correlation ID (its own
+// event ID if it has none) and its event ID.
+func traceOf(msg *message.Message) Trace {
+	t := Trace{CorrelationID: msg.Metadata[wire.CorrelationID], EventID: msg.Metadata[wire.ID]}
+	if t.EventID == "" {
+		t.EventID = msg.UUID
+	}
+	if t.CorrelationID == "" {
+		t.CorrelationID = t.EventID
+	}
+	return t
+}
+
 // WithTrace returns a ctx carrying t.
 func WithTrace(ctx context.Context, t Trace) context.Context {
 	return &traceCtx{Context: ctx, t: t}
@@ -40,8 +68,11 @@ func WithTrace(ctx context.Context, t Trace) context.Context {
 
 // TraceFromContext returns the trace a Correlation middleware put in ctx.
 func TraceFromContext(ctx context.Context) (Trace, bool) {
-	if t, ok := ctx.Value(traceKey{}).(*Trace); ok {
-		return *t, true
+	switch v := ctx.Value(traceKey{}).(type) {
+	case *Trace:
+		return *v, true
+	case *msgTraceCtx:
+		return traceOf(v.msg), true
 	}
 	return Trace{}, false
 }
@@ -54,23 +85,19 @@ func TraceFromContext(ctx context.Context) (Trace, bool) {
 // returned messages, not events published from inside the handler.
 func Correlation(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
-		t := Trace{CorrelationID: msg.Metadata[wire.CorrelationID], EventID: msg.Metadata[wire.ID]}
-		if t.EventID == "" {
-			t.EventID = msg.UUID
-		}
-		if t.CorrelationID == "" {
-			t.CorrelationID = t.EventID
-		}
 		orig := msg.Context()
-		msg.SetContext(WithTrace(orig, t))
+		msg.SetContext(&msgTraceCtx{Context: orig, msg: msg})
 		defer msg.SetContext(orig)
 		out, err := h(msg)
-		for _, m := range out {
-			if m.Metadata.Get(wire.CorrelationID) == "" {
-				m.Metadata.Set(wire.CorrelationID, t.CorrelationID)
-			}
-			if m.Metadata.Get(wire.CausationID) == "" {
-				m.Metadata.Set(wire.CausationID, t.EventID)
+		if len(out) > 0 {
+			t := traceOf(msg)
+			for _, m := range out {
+				if m.Metadata.Get(wire.CorrelationID) == "" {
+					m.Metadata.Set(wire.CorrelationID, t.CorrelationID)
+				}
+				if m.Metadata.Get(wire.CausationID) == "" {
+					m.Metadata.Set(wire.CausationID, t.EventID)
+				}
 			}
 		}
 		return out, err
