@@ -647,7 +647,9 @@ func (g levelGate) With(fields watermill.LogFields) watermill.LoggerAdapter {
 // need more, and growing the stack deep inside them copies and re-adjusts
 // every frame on the way, which cost a quarter of the CPU per event in
 // profiles. Growing it once here, where there are only two frames to copy,
-// is much cheaper.
+// is much cheaper. The 8 KiB reserved give a 16 KiB stack: with 3 KiB (an
+// 8 KiB stack) the examples' handlers still grew it again in up to 13 of 30
+// calls, with 8 KiB in none.
 func growStack(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		stackReserve()
