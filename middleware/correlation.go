@@ -66,7 +66,8 @@ func WithTrace(ctx context.Context, t Trace) context.Context {
 	return &traceCtx{Context: ctx, t: t}
 }
 
-// TraceFromContext returns the trace a Correlation middleware put in ctx.
+// TraceFromContext returns the trace a Correlation middleware put in ctx:
+// for a handler's ctx, read from the handled message's headers when asked.
 func TraceFromContext(ctx context.Context) (Trace, bool) {
 	switch v := ctx.Value(traceKey{}).(type) {
 	case *Trace:

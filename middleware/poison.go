@@ -40,11 +40,13 @@ type Poison struct {
 // Middleware returns the middleware.
 func (p Poison) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
+		// The ctx before the handler: a middleware inside may leave its own,
+		// cancelled one behind.
+		orig := msg.Context()
 		out, err := h(msg)
 		if err == nil {
 			return out, nil
 		}
-		orig := msg.Context()
 		if orig.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 			return nil, err
 		}

@@ -252,3 +252,29 @@ func recoverErr(t *testing.T) error {
 	}
 	return err
 }
+
+// A middleware inside Poison that replaces the ctx and leaves it behind
+// cancelled (as Watermill's own Timeout does) must not make a handler that
+// timed out look like one stopped by shutdown: it is still poisoned.
+func TestPoisonIgnoresCtxLeftByInnerMiddleware(t *testing.T) {
+	store := &memStore{}
+	leaveCancelled := func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			ctx, cancel := context.WithTimeout(msg.Context(), time.Millisecond)
+			cancel()
+			msg.SetContext(ctx)
+			return h(msg)
+		}
+	}
+	h := chain(func(m *message.Message) ([]*message.Message, error) {
+		return nil, m.Context().Err()
+	}, testPoison(store).Middleware, Retry{MaxAttempts: 1}.Middleware, leaveCancelled)
+	msg := newMsg("m")
+	msg.SetContext(context.Background())
+	if _, err := h(msg); err != nil {
+		t.Fatalf("returned %v; want the message poisoned and acked", err)
+	}
+	if s := store.stored(); len(s) != 1 {
+		t.Fatalf("%d messages poisoned, want 1", len(s))
+	}
+}

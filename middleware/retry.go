@@ -16,8 +16,10 @@ import (
 // settings: Watermill's Retry ignores Multiplier without MaxInterval and
 // shifts its delays when OnRetryHook is set, so it is not used.
 //
-// The error it finally returns wraps the handler's last one (errors.Is and
-// errors.As see through it) and tells Poison how many calls failed and when.
+// When it gives up, the error it returns wraps the handler's last one
+// (errors.Is and errors.As see through it) and tells Poison how many calls
+// failed and when. When the message's ctx ends during a wait (the bus is
+// closing), it returns the ctx's error instead, so the message comes back.
 //
 // Waiting happens in the handler's goroutine and holds no lock, so it delays
 // only this message: other messages of the subscription (up to its

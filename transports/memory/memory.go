@@ -12,9 +12,10 @@
 // unbounded memory. A group that nobody consumes any more therefore blocks
 // publishers of its events once full, until their ctx ends, as a RabbitMQ
 // queue without consumers would grow; delete such groups with [Forget]. A
-// blocked Publish goes on once the group has drained to half (or its
-// consumers went away leaving room), so that publishers and consumers work in
-// bursts instead of taking turns for every event.
+// blocked Publish goes on once the group has drained to half, so that
+// publishers and consumers work in bursts instead of taking turns for every
+// event; if the group has room but stops draining above half, it goes on
+// once it notices, within a few milliseconds (0.2 s after a long wait).
 //
 // Work is done by a fixed number of goroutines per subscriber (its
 // concurrency), never by a goroutine per event.
@@ -28,6 +29,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
@@ -179,12 +181,11 @@ type group struct {
 	nback atomic.Int32
 	wake  chan struct{} // signalled when back gains an event
 
-	// Publishers that found the queue full wait for room until it has
-	// drained to half, not for the first free slot: waking a publisher for
-	// every event a consumer takes made both sides trade places on one CPU
-	// per event.
+	// Publishers that found the queue full wait until it has drained to
+	// half, not for the first free slot: waking a publisher for every event
+	// a consumer takes made both sides trade places on one CPU per event.
 	full atomic.Int32  // publishers waiting for room
-	room chan struct{} // signalled when the queue drained to half
+	room chan struct{} // signalled by took when the queue drained to half
 }
 
 // giveBack requeues an event. It never blocks: the events given back are at
@@ -226,6 +227,18 @@ func (g *group) push(ctx context.Context, abort <-chan struct{}, m *message.Mess
 		return nil
 	default:
 	}
+	// Full: wait for took's signal that the queue has drained to half. The
+	// timer covers a queue that has room but stops draining above half,
+	// which happens when the group's handlers cannot go on until this
+	// Publish returns (one publishing into its own group while holding a
+	// lock the others need): when the queue did not shrink between two
+	// looks, the publisher takes the room there is. The looks come after a
+	// millisecond at first, then at growing intervals, so a publisher
+	// waiting on a group without consumers is not a busy loop.
+	wait := time.Millisecond
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	last := len(g.queue)
 	for {
 		g.full.Add(1)
 		// Look again after saying so: a consumer that drained the queue
@@ -233,43 +246,46 @@ func (g *group) push(ctx context.Context, abort <-chan struct{}, m *message.Mess
 		select {
 		case g.queue <- m:
 			g.full.Add(-1)
-			g.passRoom()
 			return nil
 		default:
 		}
 		select {
 		case <-g.room:
+		case <-t.C:
+			wait = min(2*wait, maxRoomWait)
+			if n := len(g.queue); n < last {
+				// Still draining: keep waiting for half.
+				last = n
+				g.full.Add(-1)
+				t.Reset(wait)
+				continue
+			}
 		case <-ctx.Done():
 			g.full.Add(-1)
-			g.passRoom()
 			return fmt.Errorf("subscription %s is full (back-pressure): %w", g.name, ctx.Err())
 		case <-abort:
 			g.full.Add(-1)
-			g.passRoom()
 			return ErrClosed
 		}
 		g.full.Add(-1)
 		select {
 		case g.queue <- m:
-			g.passRoom()
 			return nil
 		default:
 		}
+		last = len(g.queue)
+		t.Reset(wait)
 	}
 }
+
+// maxRoomWait is the longest a publisher waiting on a full group goes
+// without looking for room.
+const maxRoomWait = 100 * time.Millisecond
 
 // took is called by consumers after taking an event from the queue: once
 // the queue has drained to half, a waiting publisher may go on.
 func (g *group) took() {
 	if g.full.Load() > 0 && len(g.queue) <= cap(g.queue)/2 {
-		g.signalRoom()
-	}
-}
-
-// passRoom hands the room signal on to the next waiting publisher, if any,
-// since one signal wakes only one of them.
-func (g *group) passRoom() {
-	if g.full.Load() > 0 && len(g.queue) < cap(g.queue) {
 		g.signalRoom()
 	}
 }
@@ -420,9 +436,6 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 }
 
 func (s *subscriber) work(g *group, out chan<- *message.Message, stop <-chan struct{}) {
-	// A publisher waiting for the queue to drain to half must not wait
-	// for consumers that are gone while there is room.
-	defer g.passRoom()
 	abort := s.t.ctx.Done()
 	for {
 		m := s.next(g, stop)
