@@ -235,20 +235,20 @@ func (g *group) push(ctx context.Context, abort <-chan struct{}, m *message.Mess
 	// looks, the publisher takes the room there is. The looks come after a
 	// millisecond at first, then at growing intervals, so a publisher
 	// waiting on a group without consumers is not a busy loop.
+	g.full.Add(1)
+	defer g.full.Add(-1)
+	// Look again after saying so: a consumer that drained the queue before
+	// seeing the count would not signal.
+	select {
+	case g.queue <- m:
+		return nil
+	default:
+	}
 	wait := time.Millisecond
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	last := len(g.queue)
 	for {
-		g.full.Add(1)
-		// Look again after saying so: a consumer that drained the queue
-		// before seeing the count would not signal.
-		select {
-		case g.queue <- m:
-			g.full.Add(-1)
-			return nil
-		default:
-		}
 		select {
 		case <-g.room:
 		case <-t.C:
@@ -256,18 +256,14 @@ func (g *group) push(ctx context.Context, abort <-chan struct{}, m *message.Mess
 			if n := len(g.queue); n < last {
 				// Still draining: keep waiting for half.
 				last = n
-				g.full.Add(-1)
 				t.Reset(wait)
 				continue
 			}
 		case <-ctx.Done():
-			g.full.Add(-1)
 			return fmt.Errorf("subscription %s is full (back-pressure): %w", g.name, ctx.Err())
 		case <-abort:
-			g.full.Add(-1)
 			return ErrClosed
 		}
-		g.full.Add(-1)
 		select {
 		case g.queue <- m:
 			return nil
