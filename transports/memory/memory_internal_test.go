@@ -60,7 +60,12 @@ func TestBackPressureHandlerPublishingIntoItsOwnGroup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close(ctx)
+	defer func() {
+		// Bounded, so that a failure ends the test instead of hanging it.
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_ = b.Close(cctx)
+	}()
 	// lk.a publishes lk.z while holding mu; lk.c waits for gateC; the
 	// others need mu.
 	var (
