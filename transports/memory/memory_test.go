@@ -189,6 +189,99 @@ func TestBackPressureRoomAfterConsumerLeaves(t *testing.T) {
 	}
 }
 
+// A handler that publishes into its own full group while holding a lock
+// the group's other handler needs must get through: the queue has room
+// (the other handler took an event, then blocked on the lock) but stays
+// above half, so no consumer signals; the waiting publisher must look again
+// by itself.
+func TestBackPressureHandlerPublishingIntoItsOwnGroup(t *testing.T) {
+	url := freshURL(t) + "?buffer=4"
+	ctx := context.Background()
+	tr := idleGroup(t, url, "lk")
+	pub := newBus(t, url, "lk-pub")
+	publish := func(name string) error {
+		ev, err := eventbus.NewEvent(name, "lk", eventbus.Domain, nil)
+		if err != nil {
+			return err
+		}
+		return pub.Publish(ctx, ev)
+	}
+	for _, n := range []string{"lk.a", "lk.c", "lk.b", "lk.b"} {
+		if err := publish(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	b, err := eventbus.New(ctx, eventbus.Config{ServiceName: "lk", URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		// Bounded, so that a failure ends the test instead of hanging it.
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_ = b.Close(cctx)
+	}()
+	// lk.a publishes lk.z while holding mu; lk.c waits for gateC; the
+	// others need mu.
+	var (
+		mu          sync.Mutex
+		underLock   int
+		handled     atomic.Int32
+		aIn, cIn    = make(chan struct{}), make(chan struct{})
+		goA, gateC  = make(chan struct{}), make(chan struct{})
+		republished = make(chan error, 1)
+	)
+	err = b.Subscribe("lk.#", func(hctx context.Context, ev eventbus.Event) error {
+		defer handled.Add(1)
+		switch ev.Name {
+		case "lk.a":
+			mu.Lock()
+			defer mu.Unlock()
+			close(aIn)
+			<-goA
+			ev, _ := eventbus.NewEvent("lk.z", "lk", eventbus.Domain, nil)
+			republished <- b.Publish(hctx, ev)
+		case "lk.c":
+			close(cIn)
+			<-gateC
+		default:
+			mu.Lock()
+			underLock++
+			mu.Unlock()
+		}
+		return nil
+	}, eventbus.SubscriptionName("idle"), eventbus.Concurrency(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-aIn
+	<-cIn
+	// Both handlers are busy and two events wait: fill the queue.
+	for range 2 {
+		if err := publish("lk.b"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(goA)
+	waitUntil(t, func() bool { return memory.WaitingPublishers(tr, "lk.idle") == 1 })
+	// The other handler takes the next event, leaving room above half,
+	// and blocks on the lock the waiting publisher holds.
+	close(gateC)
+	select {
+	case err := <-republished:
+		if err != nil {
+			t.Fatalf("publishing from the handler: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler's Publish is still waiting 10s after there was room")
+	}
+	waitUntil(t, func() bool { return handled.Load() == 7 })
+}
+
 // idleGroup creates the durable group <service>.idle bound to
 // "<service>.#" and leaves it without consumers, like a RabbitMQ queue
 // whose service is down. It returns the transport that made it.
@@ -218,8 +311,13 @@ func TestNoGoroutinePerEvent(t *testing.T) {
 	url := freshURL(t)
 	b := newBus(t, url, "gr")
 	release := make(chan struct{})
-	var handled atomic.Int32
+	var releaseOnce sync.Once
+	// Runs before the bus closes, so that a failure does not leave the
+	// handlers blocked and the close waiting for them.
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	var entered, handled atomic.Int32
 	if err := b.Subscribe("gr.#", func(context.Context, eventbus.Event) error {
+		entered.Add(1)
 		<-release
 		handled.Add(1)
 		return nil
@@ -239,11 +337,11 @@ func TestNoGoroutinePerEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Four handlers are blocked; the other events wait in the buffer.
-	waitUntil(t, func() bool { return runtime.NumGoroutine() >= before+4 })
+	waitUntil(t, func() bool { return entered.Load() == 4 })
 	if g := runtime.NumGoroutine(); g > before+20 {
 		t.Errorf("%d goroutines with %d events queued (%d before publishing); want a fixed number", g, n, before)
 	}
-	close(release)
+	releaseOnce.Do(func() { close(release) })
 	waitUntil(t, func() bool { return handled.Load() == n })
 }
 
