@@ -29,6 +29,12 @@ var (
 	// no subscription matched an event, so nobody would ever receive it.
 	ErrUnroutable = errors.New("eventbus: no subscription matches the event")
 
+	// ErrTooLarge is wrapped by the error for an event or poison record
+	// that exceeds a limit of the broker (a header table larger than the
+	// AMQP frame, a record larger than Kafka's max_message_bytes). The
+	// error names the limit; only that event fails.
+	ErrTooLarge = errors.New("eventbus: message exceeds a broker limit")
+
 	// ErrUnsupported is returned when a transport lacks an optional
 	// capability (for example a poison queue).
 	ErrUnsupported = errors.New("eventbus: not supported by this transport")
