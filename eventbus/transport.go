@@ -25,21 +25,34 @@ type Transport interface {
 	// accepted every message, honour each message's Context for
 	// cancellation, be safe for concurrent use, and may return a
 	// *PublishError naming the message UUIDs that failed (any other error
-	// fails the whole call). The bus closes it through Close.
+	// fails the whole call). It returns by the messages' deadline (plus a
+	// few milliseconds) even when the broker is unreachable or frozen; a
+	// message whose wait was cut short is reported failed, though the broker
+	// may still have it. A message that exceeds a limit of the broker fails
+	// alone with an error wrapping [ErrTooLarge]. The bus closes it through
+	// Close.
 	Publisher() message.Publisher
 
-	// NewSubscriber returns a subscriber for one durable subscription.
-	// Subscribe(ctx, pattern) must deliver every message whose event name
-	// matches the pattern (see [Pattern]), and share them among all
+	// NewSubscriber returns a subscriber for one durable subscription,
+	// without talking to the broker.
+	//
+	// Its Subscribe(ctx, pattern) must deliver every message whose event
+	// name matches the pattern (see [Pattern]), and share them among all
 	// subscribers of the same Group, each message to one of them, with at
-	// most Concurrency messages unacknowledged at a time per subscriber. An
-	// unacknowledged message, whether nacked or outstanding when the
+	// most Concurrency messages unacknowledged at a time per subscriber.
+	// ctx bounds only the setup: Subscribe returns once the subscription
+	// is in place, so that messages published after it returns reach it,
+	// or with an error when ctx ends first (leaving nothing running). The
+	// subscription then lasts until the subscriber's or the transport's
+	// Close, which close the channel.
+	//
+	// An unacknowledged message, whether nacked or outstanding when the
 	// subscriber or transport closes, must be delivered again. Messages'
 	// contexts must not be cancelled by the subscriber's Close, only by the
 	// transport's: the bus waits for handlers in flight. The subscriber's
 	// Close must return only once the acknowledgements of delivered
-	// messages are settled with the broker, and may be called more than
-	// once.
+	// messages are settled with the broker (or the transport closed), and
+	// may be called more than once.
 	NewSubscriber(cfg SubscriberConfig) (message.Subscriber, error)
 
 	// PoisonQueue returns the durable store for events that this service
@@ -47,11 +60,13 @@ type Transport interface {
 	PoisonQueue() (PoisonQueue, error)
 
 	// Redeliver sends msgs to one subscription group only, not to every
-	// subscription matching their names; it serves poison-queue replay.
+	// subscription matching their names; it serves poison-queue replay. It
+	// has the guarantees of Publish and returns by ctx's deadline.
 	Redeliver(ctx context.Context, group string, msgs ...*message.Message) error
 
 	// Close releases the transport. Unacknowledged messages come back to
-	// their subscriptions.
+	// their subscriptions. It returns within a few seconds even when the
+	// broker is unreachable or frozen.
 	Close() error
 }
 
