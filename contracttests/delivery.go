@@ -170,7 +170,7 @@ func testRedeliveryAfterError(e *env) {
 	e.start(b)
 	e.publish(b, e.event("flaky.op", nil))
 	e.waitChan("second delivery", done)
-	ps, err := b.Poisoned(e.ctx())
+	ps, err := b.Poisoned(e.ctx(), eventbus.PoisonFilter{})
 	if err != nil || len(ps) != 0 {
 		e.t.Errorf("poison queue after a recovered failure: %d events, err %v; want empty", len(ps), err)
 	}
@@ -510,7 +510,7 @@ func testCloseDeadline(e *env) {
 	e.subscribe(next, "stuck.job", r.handle, eventbus.SubscriptionName("stuck"))
 	e.start(next)
 	e.waitFor("the unfinished event at the next instance", func() bool { return r.has(ev.ID) }, func() string { return "lost" })
-	if ps, err := next.Poisoned(e.ctx()); err != nil || len(ps) != 0 {
+	if ps, err := next.Poisoned(e.ctx(), eventbus.PoisonFilter{}); err != nil || len(ps) != 0 {
 		e.t.Errorf("an event interrupted by Close was poisoned (%d, %v); it must come back instead", len(ps), err)
 	}
 }

@@ -109,7 +109,7 @@ func testReplay(e *env) {
 	e.waitFor("healthy subscription", func() bool { return healthy.has(ev.ID) }, func() string { return "not delivered" })
 
 	fixed.Store(true)
-	n, err := b.Replay(e.ctx(), ev.ID)
+	n, err := b.Replay(e.ctx(), eventbus.PoisonFilter{IDs: []string{ev.ID}})
 	if err != nil || n != 1 {
 		e.t.Fatalf("Replay: %d, %v; want 1, nil", n, err)
 	}
@@ -126,7 +126,7 @@ func testReplay(e *env) {
 	if n := healthy.times(ev.ID); n != 1 {
 		e.t.Errorf("healthy subscription got the event %d times; replay must reach only the failing one", n)
 	}
-	if ps, err := b.Poisoned(e.ctx()); err != nil || len(ps) != 0 {
+	if ps, err := b.Poisoned(e.ctx(), eventbus.PoisonFilter{}); err != nil || len(ps) != 0 {
 		e.t.Errorf("poison queue after replay: %d events, %v; want empty", len(ps), err)
 	}
 }
@@ -141,10 +141,10 @@ func testPurge(e *env) {
 	for _, ev := range evs {
 		e.waitPoisoned(b, ev.ID)
 	}
-	if err := b.PurgePoison(e.ctx(), evs[0].ID); err != nil {
+	if n, err := b.PurgePoison(e.ctx(), eventbus.PoisonFilter{IDs: []string{evs[0].ID}}); err != nil || n != 1 {
 		e.t.Fatalf("PurgePoison(id): %v", err)
 	}
-	ps, err := b.Poisoned(e.ctx())
+	ps, err := b.Poisoned(e.ctx(), eventbus.PoisonFilter{})
 	if err != nil || len(ps) != 2 {
 		e.t.Fatalf("after purging one: %d poisoned, %v; want 2", len(ps), err)
 	}
@@ -153,10 +153,10 @@ func testPurge(e *env) {
 			e.t.Errorf("purged event %s still listed", evs[0].ID)
 		}
 	}
-	if err := b.PurgePoison(e.ctx()); err != nil {
+	if _, err := b.PurgePoison(e.ctx(), eventbus.PoisonFilter{}); err != nil {
 		e.t.Fatalf("PurgePoison(): %v", err)
 	}
-	if ps, err := b.Poisoned(e.ctx()); err != nil || len(ps) != 0 {
+	if ps, err := b.Poisoned(e.ctx(), eventbus.PoisonFilter{}); err != nil || len(ps) != 0 {
 		e.t.Errorf("after purging all: %d poisoned, %v; want 0", len(ps), err)
 	}
 }

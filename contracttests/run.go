@@ -252,7 +252,7 @@ func (e *env) waitPoisoned(b *eventbus.Bus, id string) eventbus.PoisonedEvent {
 	var found eventbus.PoisonedEvent
 	var last []eventbus.PoisonedEvent
 	e.waitFor("event "+id+" in the poison queue", func() bool {
-		ps, err := b.Poisoned(e.ctx())
+		ps, err := b.Poisoned(e.ctx(), eventbus.PoisonFilter{})
 		if err != nil {
 			e.t.Fatalf("Poisoned: %v", err)
 		}

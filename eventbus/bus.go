@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,11 +34,21 @@ type Bus struct {
 	// runCtx lives as long as the bus; the router's subscriptions hang off it.
 	runCtx    context.Context
 	runCancel context.CancelFunc
+	// closeCtx ends when Close starts, so that Start and Subscribe calls
+	// waiting for the broker give up rather than keep Close waiting.
+	closeCtx    context.Context
+	closeCancel context.CancelFunc
 
-	mu         sync.Mutex // guards subs, started and Subscribe/Start/Close
+	// setupMu serialises Start and Subscribe, which talk to the transport
+	// and may wait for the broker; Close never takes it.
+	setupMu sync.Mutex
+
+	mu         sync.Mutex // guards the fields below; never held while waiting for the broker
 	subs       map[string]*subscription
 	started    bool
 	closing    bool
+	closed     chan struct{} // closed when Close has finished
+	closeErr   error
 	routerDone chan struct{}
 
 	pubClosed atomic.Bool
@@ -80,7 +90,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	b := &Bus{cfg: cfg, log: cfg.Logger, subs: make(map[string]*subscription)}
+	b := &Bus{cfg: cfg, log: cfg.Logger, subs: make(map[string]*subscription), closed: make(chan struct{})}
 	for _, o := range opts {
 		o(b)
 	}
@@ -99,6 +109,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 	}
 	b.transport, b.pub, b.router = t, t.Publisher(), router
 	b.runCtx, b.runCancel = context.WithCancel(context.Background())
+	b.closeCtx, b.closeCancel = context.WithCancel(context.Background())
 	return b, nil
 }
 
@@ -109,10 +120,19 @@ func (b *Bus) ServiceName() string { return b.cfg.ServiceName }
 // raw publisher or subscriber.
 func (b *Bus) Transport() Transport { return b.transport }
 
+func (b *Bus) isClosing() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closing
+}
+
 // Subscribe registers handler for events whose names match pattern (see
-// [Pattern]). Before Start it takes effect at Start; after Start it starts
-// consuming before it returns. Invalid patterns and options are rejected
-// here, as is a second subscription with the same name.
+// [Pattern]). Before Start it takes effect at Start. After Start it starts
+// consuming before it returns, so events published after it returns reach
+// the handler; while the broker is unreachable it waits for it, until the
+// broker is back or Close is called. Invalid patterns and options are
+// rejected here, as is a second subscription with the same name, and a
+// pattern the transport cannot serve.
 func (b *Bus) Subscribe(pattern string, handler Handler, opts ...SubscribeOption) error {
 	p, err := CompilePattern(pattern)
 	if err != nil {
@@ -132,50 +152,80 @@ func (b *Bus) Subscribe(pattern string, handler Handler, opts ...SubscribeOption
 	}
 	s.group = b.cfg.ServiceName + "." + s.name
 
+	b.setupMu.Lock()
+	defer b.setupMu.Unlock()
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.closing {
+		b.mu.Unlock()
 		return ErrClosed
 	}
 	if _, dup := b.subs[s.name]; dup {
+		b.mu.Unlock()
 		return fmt.Errorf("eventbus: service %s already has a subscription named %q; give this one another name with SubscriptionName", b.cfg.ServiceName, s.name)
 	}
+	started := b.started
+	b.mu.Unlock()
 	// The transport sees the subscription now, so that what it cannot
 	// serve is an error here rather than at Start.
 	if err := b.newSubscriber(s); err != nil {
 		return err
 	}
+	var ch <-chan *message.Message
+	if started {
+		if ch, err = b.subscribe(b.closeCtx, s); err != nil {
+			return err
+		}
+	}
+	b.mu.Lock()
+	if b.closing {
+		sub := s.subscriber
+		b.mu.Unlock()
+		if sub != nil {
+			_ = sub.Close()
+		}
+		return ErrClosed
+	}
 	b.subs[s.name] = s
-	if !b.started {
+	if !started {
+		b.mu.Unlock()
 		return nil
 	}
-	ch, err := b.subscribe(s)
-	if err != nil {
-		delete(b.subs, s.name)
-		return err
-	}
 	h := b.addHandler(s, ch)
-	if err := b.router.RunHandlers(b.runCtx); err != nil {
+	err = b.router.RunHandlers(b.runCtx)
+	b.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("eventbus: starting subscription %s: %w", s.group, err)
 	}
 	<-h.Started()
 	return nil
 }
 
-// subscribe opens the subscription at the transport. It runs here rather
-// than inside the router's RunHandlers, because a router handler whose
-// Subscribe failed stays registered without ever starting, and the router's
-// Close then waits for it forever.
-func (b *Bus) subscribe(s *subscription) (<-chan *message.Message, error) {
-	if s.subscriber == nil { // closed by a failed Start
+// subscribe opens the subscription at the transport, waiting for the
+// broker within ctx. It runs here rather than inside the router's
+// RunHandlers, because a router handler whose Subscribe failed stays
+// registered without ever starting, and the router's Close then waits for
+// it forever.
+func (b *Bus) subscribe(ctx context.Context, s *subscription) (<-chan *message.Message, error) {
+	b.mu.Lock()
+	sub := s.subscriber
+	b.mu.Unlock()
+	if sub == nil { // closed by a failed Start
 		if err := b.newSubscriber(s); err != nil {
 			return nil, err
 		}
+		b.mu.Lock()
+		sub = s.subscriber
+		b.mu.Unlock()
 	}
-	ch, err := s.subscriber.Subscribe(b.runCtx, s.pattern.String())
+	ch, err := sub.Subscribe(ctx, s.pattern.String())
 	if err != nil {
-		_ = s.subscriber.Close()
+		_ = sub.Close()
+		b.mu.Lock()
 		s.subscriber = nil
+		b.mu.Unlock()
+		if b.closeCtx.Err() != nil {
+			return nil, ErrClosed
+		}
 		return nil, fmt.Errorf("eventbus: subscribing %s to %q: %w", s.group, s.pattern, err)
 	}
 	return ch, nil
@@ -189,11 +239,13 @@ func (b *Bus) newSubscriber(s *subscription) error {
 	if err != nil {
 		return fmt.Errorf("eventbus: subscribing %s to %q: %w", s.group, s.pattern, err)
 	}
+	b.mu.Lock()
 	s.subscriber = sub
+	b.mu.Unlock()
 	return nil
 }
 
-// addHandler gives an open subscription its router handler.
+// addHandler gives an open subscription its router handler; b.mu is held.
 func (b *Bus) addHandler(s *subscription, ch <-chan *message.Message) *message.Handler {
 	h := b.router.AddConsumerHandler(s.group, s.pattern.String(), subscribed{s.subscriber, ch}, b.consume(s))
 	h.AddMiddleware(b.pipeline(s)...)
@@ -247,9 +299,27 @@ func (e *undecodableError) Permanent() bool      { return true }
 func (e *undecodableError) PoisonReason() string { return middleware.ReasonUndecodable }
 func (e *undecodableError) Is(t error) bool      { return t == ErrPermanent }
 
+// misroutedError marks an event delivered to a subscription whose pattern
+// does not match its name.
+type misroutedError struct {
+	ev    Event
+	group string
+	p     Pattern
+}
+
+func (e *misroutedError) Error() string {
+	return fmt.Sprintf("event %s (%s) reached subscription %s, whose pattern %q does not match its name: the broker routed it by a routing key other than its ce_type", e.ev.Name, e.ev.ID, e.group, e.p)
+}
+func (e *misroutedError) Permanent() bool      { return true }
+func (e *misroutedError) PoisonReason() string { return middleware.ReasonMisrouted }
+func (e *misroutedError) Is(t error) bool      { return t == ErrPermanent }
+
 // consume is the innermost handler: it decodes the message and calls the
-// user's handler. Messages that reach a subscription without matching its
-// pattern (brokers that cannot route by name) are acknowledged unhandled.
+// user's handler. A message that reaches a subscription without matching
+// its pattern was routed by something other than its name (a producer that
+// set a routing key and a ce_type that disagree): it is bad input and goes
+// to the poison queue, like an undecodable one. (Transports that cannot
+// route by name filter before they deliver.)
 func (b *Bus) consume(s *subscription) message.NoPublishHandlerFunc {
 	return func(msg *message.Message) error {
 		ev, err := DecodeMessage(msg)
@@ -257,16 +327,65 @@ func (b *Bus) consume(s *subscription) message.NoPublishHandlerFunc {
 			return &undecodableError{err: err}
 		}
 		if !s.pattern.Match(ev.Name) {
-			return nil
+			return &misroutedError{ev: ev, group: s.group, p: s.pattern}
 		}
-		return s.handler(msg.Context(), ev)
+		return callHandler(s.handler, msg.Context(), ev)
 	}
 }
 
+// callHandler calls a user's handler. It is never inlined, so that Close
+// can tell from its own stack that a handler called it.
+//
+//go:noinline
+func callHandler(h Handler, ctx context.Context, ev Event) error {
+	return h(ctx, ev)
+}
+
+// calledFromHandler reports whether callHandler is on the calling
+// goroutine's stack. Close uses it instead of a per-event marker, so that
+// the check costs nothing on the path of every event.
+func calledFromHandler() bool {
+	entry := callHandlerEntry()
+	pcs := make([]uintptr, 128)
+	for {
+		n := runtime.Callers(2, pcs)
+		frames := runtime.CallersFrames(pcs[:n])
+		for {
+			f, more := frames.Next()
+			if f.Entry == entry {
+				return true
+			}
+			if !more {
+				break
+			}
+		}
+		if n < len(pcs) {
+			return false
+		}
+		pcs = make([]uintptr, 2*len(pcs))
+	}
+}
+
+var callHandlerEntry = sync.OnceValue(func() uintptr {
+	pcs := make([]uintptr, 1)
+	var entry uintptr
+	_ = callHandler(func(context.Context, Event) error {
+		runtime.Callers(2, pcs)
+		f, _ := runtime.CallersFrames(pcs).Next()
+		entry = f.Entry
+		return nil
+	}, context.Background(), Event{})
+	return entry
+})
+
 // Start starts consuming every subscription made so far and returns once
-// they all consume, or with ctx's error if that takes longer than ctx
-// allows. Calling it again does nothing.
+// they all consume. If ctx ends first, or a subscription cannot be opened,
+// it returns an error and leaves nothing started (Start can be called
+// again); Close while Start waits for the broker makes it return
+// ErrClosed. Calling it again after it succeeded does nothing.
 func (b *Bus) Start(ctx context.Context) error {
+	b.setupMu.Lock()
+	defer b.setupMu.Unlock()
 	b.mu.Lock()
 	if b.closing {
 		b.mu.Unlock()
@@ -276,23 +395,59 @@ func (b *Bus) Start(ctx context.Context) error {
 		b.mu.Unlock()
 		return nil
 	}
-	// Open every subscription before the router gets any, so that one
-	// failure leaves nothing half-started: Start can be called again.
-	chans := make(map[*subscription]<-chan *message.Message, len(b.subs))
+	subs := make([]*subscription, 0, len(b.subs))
 	for _, s := range b.subs {
-		ch, err := b.subscribe(s)
-		if err != nil {
-			for opened := range chans {
-				_ = opened.subscriber.Close()
-				opened.subscriber = nil
+		subs = append(subs, s)
+	}
+	b.mu.Unlock()
+
+	// Open every subscription, in parallel (a Kafka group join alone can
+	// take seconds), before the router gets any, so that one failure
+	// leaves nothing half-started.
+	setupCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(b.closeCtx, cancel)
+	defer stop()
+	chans := make([]<-chan *message.Message, len(subs))
+	errs := make([]error, len(subs))
+	var wg sync.WaitGroup
+	for i, s := range subs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			chans[i], errs[i] = b.subscribe(setupCtx, s)
+		}()
+	}
+	wg.Wait()
+	closeOpened := func() {
+		for i, s := range subs {
+			b.mu.Lock()
+			sub := s.subscriber
+			if chans[i] != nil {
+				s.subscriber = nil
 			}
 			b.mu.Unlock()
-			return err
+			if chans[i] != nil && sub != nil {
+				_ = sub.Close()
+			}
 		}
-		chans[s] = ch
 	}
-	for s, ch := range chans {
-		b.addHandler(s, ch)
+	if err := errors.Join(errs...); err != nil {
+		closeOpened()
+		if b.closeCtx.Err() != nil {
+			return ErrClosed
+		}
+		return fmt.Errorf("eventbus: Start: %w", err)
+	}
+
+	b.mu.Lock()
+	if b.closing {
+		b.mu.Unlock()
+		closeOpened()
+		return ErrClosed
+	}
+	for i, s := range subs {
+		b.addHandler(s, chans[i])
 	}
 	b.started = true
 	b.routerDone = make(chan struct{})
@@ -304,13 +459,14 @@ func (b *Bus) Start(ctx context.Context) error {
 		}
 	}()
 	b.mu.Unlock()
+	// The subscriptions are open: what is left is starting goroutines,
+	// which ctx does not bound, so that Start never reports a failure for a
+	// bus that is in fact consuming.
 	select {
 	case <-b.router.Running():
 		return nil
 	case err := <-errc:
 		return fmt.Errorf("eventbus: starting subscriptions: %w", err)
-	case <-ctx.Done():
-		return fmt.Errorf("eventbus: starting subscriptions: %w", ctx.Err())
 	}
 }
 
@@ -318,7 +474,8 @@ func (b *Bus) Start(ctx context.Context) error {
 // nil only when the transport has durably accepted every event (publisher
 // confirms on RabbitMQ, acks from all in-sync replicas on Kafka); otherwise
 // a *PublishError names the events that failed. Invalid events are rejected
-// before anything is sent. Publish works without Start.
+// before anything is sent. Publish works without Start, and returns by
+// ctx's deadline also while the broker is unreachable.
 //
 // Empty fields are filled in: ID, Time, Source (the service name) and
 // CorrelationID. Called with a handler's ctx, an event inherits the handled
@@ -397,22 +554,49 @@ func appendFailures(failed []FailedEvent, msgs []*message.Message, err error) []
 // closes the transport. Events whose handlers had not finished by then are
 // not acknowledged and will be delivered again. Publishing from handlers
 // works until they finish; Publish after Close returns ErrClosed. Close
-// returns ctx's error if it had to stop waiting.
+// returns by ctx's deadline, with ctx's error if it had to stop waiting
+// (the transport then finishes closing in the background); a Start or
+// Subscribe waiting for the broker returns ErrClosed.
+//
+// Called from a handler, Close cannot wait for that handler to finish: it
+// stops consumption and returns at once, and the bus finishes closing in
+// the background once the handlers in flight, the caller's included, have
+// returned (or ctx ends). A second Close waits for the first to finish,
+// within its own ctx.
 func (b *Bus) Close(ctx context.Context) error {
+	fromHandler := calledFromHandler()
 	b.mu.Lock()
 	if b.closing {
 		b.mu.Unlock()
-		return nil
+		if fromHandler {
+			return nil
+		}
+		select {
+		case <-b.closed:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("eventbus: Close stopped waiting for another Close to finish: %w", ctx.Err())
+		}
 	}
 	b.closing = true
+	b.closeCancel()
 	started := b.started
 	b.mu.Unlock()
+	if fromHandler {
+		go func() { _ = b.shutdown(ctx, started) }()
+		return nil
+	}
+	return b.shutdown(ctx, started)
+}
 
+// shutdown is the work of Close.
+func (b *Bus) shutdown(ctx context.Context, started bool) error {
+	defer close(b.closed)
 	var waitErr error
 	if started {
-		closed := make(chan struct{})
+		routerClosed := make(chan struct{})
 		go func() {
-			defer close(closed)
+			defer close(routerClosed)
 			if err := b.router.Close(); err != nil {
 				b.log.Error("eventbus: closing router", "error", err)
 			}
@@ -428,7 +612,7 @@ func (b *Bus) Close(ctx context.Context) error {
 		waitErr = b.closeSubscribers(ctx)
 		if waitErr == nil {
 			select {
-			case <-closed:
+			case <-routerClosed:
 			case <-ctx.Done():
 				waitErr = fmt.Errorf("eventbus: Close stopped waiting for handlers in flight (they will be redelivered): %w", ctx.Err())
 			}
@@ -436,13 +620,21 @@ func (b *Bus) Close(ctx context.Context) error {
 	}
 	b.pubClosed.Store(true)
 	// Closing the transport cancels the contexts of handlers still running
-	// and gives their events back to the broker.
-	terr := b.transport.Close()
-	b.runCancel()
-	if terr != nil {
-		terr = fmt.Errorf("eventbus: closing transport: %w", terr)
+	// and gives their events back to the broker. It is bounded on its own
+	// (see Transport.Close); Close does not wait past ctx for it.
+	terr := make(chan error, 1)
+	go func() { terr <- b.transport.Close() }()
+	var err error
+	select {
+	case err = <-terr:
+		if err != nil {
+			err = fmt.Errorf("eventbus: closing transport: %w", err)
+		}
+	case <-ctx.Done():
+		err = fmt.Errorf("eventbus: Close stopped waiting for the transport to close (it goes on in the background): %w", ctx.Err())
 	}
-	return errors.Join(waitErr, terr)
+	b.runCancel()
+	return errors.Join(waitErr, err)
 }
 
 // closeSubscribers closes every subscription's subscriber and waits, within
@@ -472,142 +664,6 @@ func (b *Bus) closeSubscribers(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("eventbus: Close stopped waiting for handlers in flight (they will be redelivered): %w", ctx.Err())
 	}
-}
-
-// PoisonedEvent is an event in the poison queue with the record of its
-// failure.
-type PoisonedEvent struct {
-	// Event is the stored event; for an undecodable message only its ID is
-	// set and DecodeError says why.
-	Event       Event
-	DecodeError error
-	// Headers and Payload are the stored message as it was received.
-	Headers map[string]string
-	Payload []byte
-
-	Reason, Error             string
-	Attempts                  int
-	Subscription, Pattern     string
-	FirstFailure, LastFailure time.Time
-}
-
-// Poisoned lists the events in the service's poison queue, oldest first,
-// without removing them.
-func (b *Bus) Poisoned(ctx context.Context) ([]PoisonedEvent, error) {
-	pq, err := b.transport.PoisonQueue()
-	if err != nil {
-		return nil, err
-	}
-	msgs, err := pq.List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("eventbus: listing poison queue: %w", err)
-	}
-	out := make([]PoisonedEvent, 0, len(msgs))
-	for _, m := range msgs {
-		out = append(out, toPoisoned(m))
-	}
-	return out, nil
-}
-
-func toPoisoned(m *message.Message) PoisonedEvent {
-	md := m.Metadata
-	headers := make(map[string]string, len(md))
-	for k, v := range md {
-		headers[k] = v
-	}
-	p := PoisonedEvent{
-		Headers: headers, Payload: m.Payload,
-		Reason: md[wire.PoisonReason], Error: md[wire.PoisonError],
-		Subscription: md[wire.PoisonSubscription], Pattern: md[wire.PoisonPattern],
-	}
-	p.Attempts, _ = strconv.Atoi(md[wire.PoisonAttempts])
-	p.FirstFailure, _ = time.Parse(time.RFC3339Nano, md[wire.PoisonFirstFailure])
-	p.LastFailure, _ = time.Parse(time.RFC3339Nano, md[wire.PoisonLastFailure])
-	p.Event, p.DecodeError = DecodeMessage(m)
-	if p.DecodeError != nil {
-		p.Event = Event{ID: m.UUID}
-	}
-	return p
-}
-
-// Replay sends poisoned events back to the subscription that failed them,
-// and only to it, then removes them from the poison queue. With no IDs it
-// replays every poisoned event. Replayed events keep their ID, correlation
-// and headers, without the poison headers. It returns how many were
-// replayed.
-func (b *Bus) Replay(ctx context.Context, ids ...string) (int, error) {
-	pq, err := b.transport.PoisonQueue()
-	if err != nil {
-		return 0, err
-	}
-	msgs, err := pq.List(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("eventbus: listing poison queue: %w", err)
-	}
-	want := make(map[string]bool, len(ids))
-	for _, id := range ids {
-		want[id] = true
-	}
-	byGroup := map[string][]*message.Message{}
-	var groups []string
-	for _, m := range msgs {
-		if len(ids) > 0 && !want[m.UUID] {
-			continue
-		}
-		sub := m.Metadata[wire.PoisonSubscription]
-		if sub == "" {
-			return 0, fmt.Errorf("eventbus: poisoned message %s has no %s header; cannot tell which subscription to replay it to", m.UUID, wire.PoisonSubscription)
-		}
-		r := message.NewMessage(m.UUID, m.Payload)
-		for k, v := range m.Metadata {
-			if !isPoisonHeader(k) {
-				r.Metadata[k] = v
-			}
-		}
-		r.SetContext(ctx)
-		g := b.cfg.ServiceName + "." + sub
-		if byGroup[g] == nil {
-			groups = append(groups, g)
-		}
-		byGroup[g] = append(byGroup[g], r)
-	}
-	n := 0
-	for _, g := range groups {
-		rs := byGroup[g]
-		if err := b.transport.Redeliver(ctx, g, rs...); err != nil {
-			return n, fmt.Errorf("eventbus: replaying to %s: %w", g, err)
-		}
-		uuids := make([]string, len(rs))
-		for i, r := range rs {
-			uuids[i] = r.UUID
-		}
-		if err := pq.Remove(ctx, uuids...); err != nil {
-			return n, fmt.Errorf("eventbus: replayed %d event(s) to %s but could not remove them from the poison queue (they may be replayed twice): %w", len(rs), g, err)
-		}
-		n += len(rs)
-	}
-	return n, nil
-}
-
-// PurgePoison deletes poisoned events; with no IDs it empties the queue.
-func (b *Bus) PurgePoison(ctx context.Context, ids ...string) error {
-	pq, err := b.transport.PoisonQueue()
-	if err != nil {
-		return err
-	}
-	if err := pq.Remove(ctx, ids...); err != nil {
-		return fmt.Errorf("eventbus: purging poison queue: %w", err)
-	}
-	return nil
-}
-
-func isPoisonHeader(k string) bool {
-	switch k {
-	case wire.PoisonReason, wire.PoisonError, wire.PoisonAttempts, wire.PoisonService,
-		wire.PoisonSubscription, wire.PoisonPattern, wire.PoisonFirstFailure, wire.PoisonLastFailure:
-		return true
-	}
-	return false
 }
 
 // levelGate asks the slog handler whether a level is enabled before

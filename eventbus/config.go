@@ -3,6 +3,7 @@ package eventbus
 import (
 	"crypto/tls"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -103,4 +104,35 @@ func RedactURL(rawURL string) string {
 		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
+}
+
+// Format prints the configuration with the URL's password and secret-looking
+// query parameters redacted (see [RedactURL]), for every verb, so that
+// fmt.Printf("%+v", cfg) and log lines never show a broker password.
+func (c Config) Format(f fmt.State, verb rune) {
+	type plain Config // without methods: formatted field by field
+	p := plain(c)
+	p.URL = RedactURL(c.URL)
+	if c.URL == "" {
+		p.URL = ""
+	}
+	out := fmt.Sprintf(fmt.FormatString(f, verb), p)
+	if verb == 'v' && f.Flag('#') {
+		out = "eventbus.Config" + strings.TrimPrefix(out, "eventbus.plain")
+	}
+	_, _ = io.WriteString(f, out)
+}
+
+// LogValue logs the configuration with the URL redacted, for log/slog.
+func (c Config) LogValue() slog.Value {
+	url := ""
+	if c.URL != "" {
+		url = RedactURL(c.URL)
+	}
+	return slog.GroupValue(
+		slog.String("service", c.ServiceName),
+		slog.String("url", url),
+		slog.Bool("tls", c.TLS != nil),
+		slog.Any("policy", c.Policy),
+	)
 }

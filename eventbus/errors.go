@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+
+	"github.com/paissive/go-eventbus/internal/wire"
 )
 
 var (
@@ -33,7 +35,7 @@ var (
 	// that exceeds a limit of the broker (a header table larger than the
 	// AMQP frame, a record larger than Kafka's max_message_bytes). The
 	// error names the limit; only that event fails.
-	ErrTooLarge = errors.New("eventbus: message exceeds a broker limit")
+	ErrTooLarge = wire.ErrTooLarge
 
 	// ErrUnsupported is returned when a transport lacks an optional
 	// capability (for example a poison queue).

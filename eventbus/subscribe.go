@@ -37,13 +37,19 @@ func SubscriptionName(name string) SubscribeOption {
 	}
 }
 
+// MaxConcurrency is the largest Concurrency a subscription accepts. Each
+// unit of concurrency is a handler that may run at once and, on some
+// transports, a worker and a buffered delivery; beyond a few thousand,
+// handlers wait on whatever they call rather than on the bus.
+const MaxConcurrency = 10_000
+
 // Concurrency sets how many events of the subscription may be handled at
-// once in this instance (default 1). Events of one subscription are then
-// handled in no particular order.
+// once in this instance (default 1, at most [MaxConcurrency]). Events of
+// one subscription are then handled in no particular order.
 func Concurrency(n int) SubscribeOption {
 	return func(s *subscription) error {
-		if n < 1 {
-			return fmt.Errorf("eventbus: Concurrency(%d): must be at least 1", n)
+		if n < 1 || n > MaxConcurrency {
+			return fmt.Errorf("eventbus: Concurrency(%d): must be from 1 to %d", n, MaxConcurrency)
 		}
 		s.concurrency = n
 		return nil

@@ -42,6 +42,17 @@ const (
 	HeaderPoisonPattern      = wire.PoisonPattern      // its pattern
 	HeaderPoisonFirstFailure = wire.PoisonFirstFailure // RFC 3339 time of the first failure
 	HeaderPoisonLastFailure  = wire.PoisonLastFailure  // RFC 3339 time of the last failure
+	// HeaderPoisonID identifies one poison record; a replayed event
+	// poisoned again is a new record with a new ID.
+	HeaderPoisonID = wire.PoisonID
+	// HeaderPoisonErrorTruncated gives the full length in bytes of a
+	// handler error that HeaderPoisonError holds only the beginning of
+	// (8 KiB).
+	HeaderPoisonErrorTruncated = wire.PoisonErrorTruncated
+	// HeaderPoisonWrapped marks a reduced record, stored with the original
+	// message as JSON in its body because the broker refused the record as
+	// it was.
+	HeaderPoisonWrapped = wire.PoisonWrapped
 )
 
 // EncodeMessage converts an event to the Watermill message every transport

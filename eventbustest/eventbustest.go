@@ -320,7 +320,7 @@ func (h *Harness) poisoned(extra []string) ([]eventbus.PoisonedEvent, error) {
 			return nil, err
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), h.cfg.timeout)
-		ps, err := b.Poisoned(ctx)
+		ps, err := b.Poisoned(ctx, eventbus.PoisonFilter{})
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("listing the poison queue of %s: %w", svc, err)

@@ -206,7 +206,7 @@ func (h *Harness) poisonedOf(service string) ([]eventbus.PoisonedEvent, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.timeout)
 	defer cancel()
-	ps, err := b.Poisoned(ctx)
+	ps, err := b.Poisoned(ctx, eventbus.PoisonFilter{})
 	if err != nil {
 		return nil, fmt.Errorf("listing the poison queue of %s: %w", service, err)
 	}

@@ -15,6 +15,10 @@ const (
 	ReasonRetriesExhausted = "retries-exhausted"
 	ReasonUndecodable      = "undecodable"
 	ReasonPanic            = "panic"
+	// ReasonMisrouted marks an event a broker delivered to a subscription
+	// whose pattern its name does not match (its "ce_type" disagrees with
+	// the routing key it was published with).
+	ReasonMisrouted = "misrouted"
 )
 
 // IsPermanent reports whether err, or an error it wraps, has a method

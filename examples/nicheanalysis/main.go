@@ -321,7 +321,7 @@ func run(ctx context.Context, out io.Writer, url string) (Result, error) {
 			total(s.res.Audited) >= wantAudit && len(s.res.FollowUps) >= len(requests)+wantOpps
 		s.mu.Unlock()
 		if done && s.res.Poisoned.Event.ID == "" {
-			ps, err := bus.Poisoned(ctx)
+			ps, err := bus.Poisoned(ctx, eventbus.PoisonFilter{})
 			if err != nil {
 				return s.res, err
 			}

@@ -442,7 +442,7 @@ func waitPoisoned(ctx context.Context, bus *eventbus.Bus, match func(eventbus.Po
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		all, err := bus.Poisoned(ctx)
+		all, err := bus.Poisoned(ctx, eventbus.PoisonFilter{})
 		if err != nil {
 			return nil, err
 		}

@@ -3,6 +3,8 @@
 // other. The eventbus package re-exports every name with its documentation.
 package wire
 
+import "errors"
+
 // CloudEvents 1.0 binary-mode attribute headers (the Kafka binding's names).
 const (
 	SpecVersion   = "ce_specversion"
@@ -37,4 +39,32 @@ const (
 	PoisonPattern      = "poison_pattern"
 	PoisonFirstFailure = "poison_first_failure"
 	PoisonLastFailure  = "poison_last_failure"
+	// PoisonID identifies one poison record: a replayed event poisoned
+	// again is a new record with a new ID.
+	PoisonID = "poison_id"
+	// PoisonErrorTruncated holds the length in bytes of the handler's
+	// error when PoisonError carries only its beginning.
+	PoisonErrorTruncated = "poison_error_truncated"
+	// PoisonWrapped marks a reduced record: one the broker could not store
+	// as it was (a header table over the AMQP frame size, say), stored
+	// instead with only the poison headers and the original message in the
+	// body, as JSON (see WrappedMessage).
+	PoisonWrapped = "poison_wrapped"
 )
+
+// MaxPoisonError is the most bytes of a handler's error a poison record
+// keeps: enough for a panic's stack, small enough that the record cannot
+// outgrow the broker's limits because of it.
+const MaxPoisonError = 8 << 10
+
+// WrappedMessage is the body of a reduced poison record: the original
+// message's headers and body.
+type WrappedMessage struct {
+	UUID     string            `json:"uuid"`
+	Metadata map[string]string `json:"metadata"`
+	Payload  []byte            `json:"payload"` // base64 in JSON
+}
+
+// ErrTooLarge is the error a transport wraps when a message exceeds a
+// limit of its broker; the eventbus package exports it as ErrTooLarge.
+var ErrTooLarge = errors.New("eventbus: message exceeds a broker limit")

@@ -178,7 +178,7 @@ func TestFaultRawMessageIsPoisoned(t *testing.T) {
 	waitFor(t, 20*time.Second, "the good event with non-string headers", func() bool { return handled.has(good.ID) }, func() string { return "not handled" })
 	var poisoned []eventbus.PoisonedEvent
 	waitFor(t, 20*time.Second, "the raw message in the poison queue", func() bool {
-		ps, err := b.Poisoned(context.Background())
+		ps, err := b.Poisoned(context.Background(), eventbus.PoisonFilter{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,13 +10,12 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/blocking"
 )
 
 // poisonQueue is the service's durable poison queue, "poison:<service>".
-// Add publishes to it with confirms; List and Remove read it with
-// basic.get and requeue what they keep, which puts the messages back in
-// their original order. While a List or Remove runs, the messages it holds
-// are invisible to another List of the same queue.
+// Add publishes to it with confirms; Scan reads it with basic.get and
+// requeues what it keeps.
 type poisonQueue struct {
 	t    *Transport
 	name string
@@ -32,19 +31,25 @@ func (p *poisonQueue) declare(ctx context.Context) error {
 		return err
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.declaredGen == gen {
+	done := p.declaredGen == gen
+	p.mu.Unlock()
+	if done {
 		return nil
 	}
-	ch, err := conn.Channel()
+	err = blocking.Do(ctx, func() error {
+		ch, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		return p.t.declareQueue(ch, p.name)
+	})
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
-	if err := p.t.declareQueue(ch, p.name); err != nil {
-		return err
-	}
+	p.mu.Lock()
 	p.declaredGen = gen
+	p.mu.Unlock()
 	return nil
 }
 
@@ -70,89 +75,110 @@ func (p *poisonQueue) Add(ctx context.Context, msg *message.Message) error {
 	return nil
 }
 
-// channel opens a channel with the queue declared.
-func (p *poisonQueue) channel(ctx context.Context) (*amqp091.Channel, error) {
+// channel opens a channel with the queue declared, within ctx; it returns
+// the number of messages the queue held.
+func (p *poisonQueue) channel(ctx context.Context) (*amqp091.Channel, int, error) {
 	conn, _, err := p.t.conn.get(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	ch, err := conn.Channel()
-	if err != nil {
-		return nil, err
+	type opened struct {
+		ch *amqp091.Channel
+		n  int
 	}
-	if err := p.t.declareQueue(ch, p.name); err != nil {
-		_ = ch.Close()
-		return nil, err
-	}
-	return ch, nil
-}
-
-// List returns the stored messages, oldest first, and leaves them stored.
-func (p *poisonQueue) List(ctx context.Context) ([]*message.Message, error) {
-	var out []*message.Message
-	err := p.scan(ctx, func(d *amqp091.Delivery) bool {
-		out = append(out, toMessage(d))
-		return false
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-// Remove deletes the stored messages with the given UUIDs, or all of them
-// when none are given.
-func (p *poisonQueue) Remove(ctx context.Context, uuids ...string) error {
-	if len(uuids) == 0 {
-		ch, err := p.channel(ctx)
+	o, err := blocking.Call(ctx, func() (opened, error) {
+		ch, err := conn.Channel()
 		if err != nil {
-			return fmt.Errorf("amqp transport: poison queue %s: %w", p.name, err)
+			return opened{}, err
 		}
-		defer ch.Close()
-		if _, err := ch.QueuePurge(p.name, false); err != nil {
-			return fmt.Errorf("amqp transport: purging poison queue %s: %w", p.name, err)
+		if h := testHookDeclare; h != nil {
+			h(p.t.opts.exchange, p.name)
 		}
-		return nil
-	}
-	drop := make(map[string]bool, len(uuids))
-	for _, id := range uuids {
-		drop[id] = true
-	}
-	return p.scan(ctx, func(d *amqp091.Delivery) bool { return drop[toMessage(d).UUID] })
+		q, err := ch.QueueDeclare(p.name, true, false, false, false, p.t.queueArgs())
+		if err != nil {
+			_ = ch.Close()
+			return opened{}, fmt.Errorf("declaring queue %q: %w", p.name, err)
+		}
+		return opened{ch, q.Messages}, nil
+	}, func(o opened) { _ = o.ch.Close() })
+	return o.ch, o.n, err
 }
 
-// scan gets every message of the queue; those for which take returns true
-// are acknowledged (deleted), the others requeued.
-func (p *poisonQueue) scan(ctx context.Context, take func(*amqp091.Delivery) bool) error {
-	ch, err := p.channel(ctx)
+// Scan gets the messages the queue held when it started, a page at a time
+// with basic.get, acknowledges (deletes) the ones visit returns, and
+// requeues the others at the end, which puts them back in their places.
+// Until then the messages it holds are invisible to another Scan. A
+// deletion is an ack without a confirm: if the connection drops before the
+// broker has it, the record stays (and a replay may send it again).
+func (p *poisonQueue) Scan(ctx context.Context, pageSize int, visit func([]*message.Message) ([]int, error)) error {
+	if pageSize < 1 {
+		pageSize = 1
+	}
+	ch, remaining, err := p.channel(ctx)
 	if err != nil {
 		return fmt.Errorf("amqp transport: poison queue %s: %w", p.name, err)
 	}
-	defer ch.Close()
-	var keepLast uint64
-	for {
-		if err := ctx.Err(); err != nil {
-			return err // closing the channel requeues what was taken
+	// Closing the channel requeues whatever is still unacknowledged; it
+	// may wait for a frozen broker, so it does not hold the caller.
+	defer func() { go ch.Close() }()
+	var lastTag uint64
+	for remaining > 0 {
+		page := make([]*message.Message, 0, min(pageSize, remaining))
+		tags := make([]uint64, 0, cap(page))
+		for len(page) < pageSize && remaining > 0 {
+			var d amqp091.Delivery
+			var ok bool
+			err := blocking.Do(ctx, func() (err error) {
+				d, ok, err = ch.Get(p.name, false)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("amqp transport: reading poison queue %s: %w", p.name, err)
+			}
+			if !ok {
+				remaining = 0 // another Scan holds the rest
+				break
+			}
+			remaining--
+			page = append(page, toMessage(&d))
+			tags = append(tags, d.DeliveryTag)
+			lastTag = d.DeliveryTag
 		}
-		d, ok, err := ch.Get(p.name, false)
-		if err != nil {
-			return fmt.Errorf("amqp transport: reading poison queue %s: %w", p.name, err)
-		}
-		if !ok {
+		if len(page) == 0 {
 			break
 		}
-		if take(&d) {
-			if err := d.Ack(false); err != nil {
+		del, verr := visit(page)
+		for _, i := range del {
+			if i < 0 || i >= len(tags) {
+				continue
+			}
+			if err := ch.Ack(tags[i], false); err != nil {
 				return fmt.Errorf("amqp transport: removing from poison queue %s: %w", p.name, err)
 			}
-		} else {
-			keepLast = d.DeliveryTag
+		}
+		if verr != nil {
+			return verr
 		}
 	}
-	if keepLast > 0 {
-		if err := ch.Nack(keepLast, true, true); err != nil {
+	if lastTag > 0 {
+		// Requeue the records kept; the deleted ones are acknowledged
+		// already, so "multiple" reaches only the kept ones.
+		if err := ch.Nack(lastTag, true, true); err != nil {
 			return fmt.Errorf("amqp transport: requeueing poison queue %s: %w", p.name, err)
 		}
+	}
+	return nil
+}
+
+// Purge deletes every message of the queue.
+func (p *poisonQueue) Purge(ctx context.Context) error {
+	ch, _, err := p.channel(ctx)
+	if err != nil {
+		return fmt.Errorf("amqp transport: poison queue %s: %w", p.name, err)
+	}
+	defer func() { go ch.Close() }()
+	if err := blocking.Do(ctx, func() error { _, err := ch.QueuePurge(p.name, false); return err }); err != nil {
+		return fmt.Errorf("amqp transport: purging poison queue %s: %w", p.name, err)
 	}
 	return nil
 }

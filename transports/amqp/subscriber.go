@@ -77,7 +77,9 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 		return nil, fmt.Errorf("amqp transport: subscribing %s to %q: %w", s.cfg.Group, pattern, err)
 	}
 	out := make(chan *message.Message)
-	go s.run(ctx, pattern, c, out)
+	// ctx bounded the setup only: the subscription lasts until the
+	// subscriber or the transport closes.
+	go s.run(context.Background(), pattern, c, out)
 	return out, nil
 }
 

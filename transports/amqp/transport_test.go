@@ -257,57 +257,6 @@ func TestQuorumQueues(t *testing.T) {
 	}
 }
 
-// TestPoisonQueueOperations: List is non-destructive and ordered, Remove
-// deletes by UUID, Remove() purges.
-func TestPoisonQueueOperations(t *testing.T) {
-	ctx := context.Background()
-	tr, err := openURL(ctx, isolatedURL(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	pq, err := tr.PoisonQueue()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids := []string{"p1", "p2", "p3"}
-	for _, id := range ids {
-		m := message.NewMessage(id, []byte(`{}`))
-		m.Metadata.Set("poison_reason", "permanent")
-		if err := pq.Add(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	list := func() []string {
-		ms, err := pq.List(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, m := range ms {
-			out = append(out, m.UUID)
-		}
-		return out
-	}
-	for range 2 {
-		if got := strings.Join(list(), ","); got != "p1,p2,p3" {
-			t.Fatalf("List: %s, want p1,p2,p3", got)
-		}
-	}
-	if err := pq.Remove(ctx, "p2"); err != nil {
-		t.Fatal(err)
-	}
-	if got := strings.Join(list(), ","); got != "p1,p3" {
-		t.Fatalf("after Remove(p2): %s", got)
-	}
-	if err := pq.Remove(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if got := list(); len(got) != 0 {
-		t.Fatalf("after Remove(): %v", got)
-	}
-}
-
 // TestRedeliverUnknownGroup: replaying to a subscription whose queue does
 // not exist is reported as unroutable instead of vanishing.
 func TestRedeliverUnknownGroup(t *testing.T) {

@@ -410,68 +410,9 @@ func TestForeignRecordIsPoisoned(t *testing.T) {
 	waitFor(t, "the event after the foreign record", func() bool { return c.has(next.ID) }, func() string { return "not handled" })
 	wantID := fmt.Sprintf("kafka:%s/0/%d", tr.names.join("events"), off)
 	waitFor(t, "the foreign record poisoned", func() bool {
-		ps, err := b.Poisoned(testCtx(t))
+		ps, err := b.Poisoned(testCtx(t), eventbus.PoisonFilter{})
 		return err == nil && len(ps) == 1 && ps[0].Event.ID == wantID && ps[0].Reason == "undecodable"
-	}, func() string { ps, err := b.Poisoned(testCtx(t)); return fmt.Sprintf("%+v %v", ps, err) })
-}
-
-// TestPoisonQueueOrderAndRemove: entries are listed oldest first, removal
-// by ID hides exactly those, and the same event poisoned by two
-// subscriptions is two entries.
-func TestPoisonQueueOrderAndRemove(t *testing.T) {
-	t.Parallel()
-	u := testURL(t)
-	tr, err := eventbus.OpenTransport(testCtx(t), eventbus.Config{ServiceName: "pq", URL: u, Logger: quietLogger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	pq, err := tr.PoisonQueue()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := testCtx(t)
-	add := func(id, sub string) {
-		m := message.NewMessage(id, []byte(`{}`))
-		m.Metadata.Set("poison_subscription", sub)
-		if err := pq.Add(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	list := func() string {
-		ms, err := pq.List(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ids []string
-		for _, m := range ms {
-			ids = append(ids, m.UUID+"@"+m.Metadata.Get("poison_subscription"))
-		}
-		return strings.Join(ids, " ")
-	}
-	add("a", "s1")
-	add("b", "s1")
-	add("c", "s1")
-	add("a", "s2")
-	if got, want := list(), "a@s1 b@s1 c@s1 a@s2"; got != want {
-		t.Fatalf("List: %q, want %q", got, want)
-	}
-	if err := pq.Remove(ctx, "a"); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := list(), "b@s1 c@s1"; got != want {
-		t.Fatalf("after Remove(a): %q, want %q", got, want)
-	}
-	add("a", "s1") // poisoned again after a replay
-	if got, want := list(), "b@s1 c@s1 a@s1"; got != want {
-		t.Fatalf("after adding a again: %q, want %q", got, want)
-	}
-	if err := pq.Remove(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if got := list(); got != "" {
-		t.Fatalf("after Remove(): %q, want empty", got)
-	}
+	}, func() string { ps, err := b.Poisoned(testCtx(t), eventbus.PoisonFilter{}); return fmt.Sprintf("%+v %v", ps, err) })
 }
 
 // TestParseOptions checks URL parsing and its errors.

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/paissive/go-eventbus/internal/blocking"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
@@ -16,17 +16,24 @@ import (
 // entry with the same key.
 const tombstoneHeader = "eventbus_poison_removed"
 
-// poisonQueue is the service's poison topic: one partition (so List is in
-// the order of Add), compacted, keyed by subscription and message UUID.
-// Remove appends tombstones (null values with the same key) and then
-// deletes the records below the oldest entry still stored, so the topic
-// holds little more than the live entries.
+// poisonQueue is the service's poison topic: one partition (so records
+// are read in the order they were added), compacted, keyed by the record's
+// poison ID, which is unique per record, so that a replayed event poisoned
+// again is a record of its own. Deleting records appends tombstones (null
+// values with the same key); Scan and Purge then delete (DeleteRecords)
+// everything below the oldest record still stored, so the topic holds
+// little more than the live records.
 type poisonQueue struct {
 	t     *Transport
 	topic string
 }
 
+// poisonKey is a record's key: its poison ID, or for a record without one
+// (stored by an older version), its subscription and message UUID.
 func poisonKey(m *message.Message) string {
+	if id := m.Metadata[wire.PoisonID]; id != "" {
+		return id
+	}
 	return m.Metadata[wire.PoisonSubscription] + "/" + m.UUID
 }
 
@@ -47,139 +54,199 @@ func (p *poisonQueue) Add(ctx context.Context, msg *message.Message) error {
 	return nil
 }
 
-// entry is a stored message and where it is.
-type entry struct {
-	key    string
-	offset int64
-	msg    *message.Message
-}
-
-// read returns the live entries, oldest first, and the high-water mark
-// up to which it read. A concurrent Remove may delete the records it
-// starts from; it then reads again.
-func (p *poisonQueue) read(ctx context.Context) ([]entry, int64, error) {
-	if err := p.ensure(ctx); err != nil {
-		return nil, 0, err
-	}
-	// The tail of the partition is always a record (no transactions, and
-	// compaction spares the active segment), so reading stops at the
-	// high-water mark; the timeout only guards against a broker that
-	// behaves otherwise.
-	ctx, cancel := context.WithTimeout(ctx, topicTimeout)
-	defer cancel()
-	for attempt := 1; ; attempt++ {
-		es, hwm, err := p.readOnce(ctx)
-		if errors.Is(err, sarama.ErrOffsetOutOfRange) && attempt < 3 {
-			continue
-		}
-		return es, hwm, err
-	}
-}
-
-func (p *poisonQueue) readOnce(ctx context.Context) ([]entry, int64, error) {
+// bounds returns the partition's oldest offset and its high-water mark.
+func (p *poisonQueue) bounds(ctx context.Context) (oldest, hwm int64, err error) {
 	client := p.t.client
-	oldest, err := client.GetOffset(p.topic, 0, sarama.OffsetOldest)
+	err = blocking.Do(ctx, func() error {
+		var err error
+		if oldest, err = client.GetOffset(p.topic, 0, sarama.OffsetOldest); err != nil {
+			return err
+		}
+		hwm, err = client.GetOffset(p.topic, 0, sarama.OffsetNewest)
+		return err
+	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("kafka transport: poison topic %s: %w", p.topic, err)
+		return 0, 0, fmt.Errorf("kafka transport: poison topic %s: %w", p.topic, err)
 	}
-	hwm, err := client.GetOffset(p.topic, 0, sarama.OffsetNewest)
-	if err != nil {
-		return nil, 0, fmt.Errorf("kafka transport: poison topic %s: %w", p.topic, err)
-	}
-	live := map[string]entry{}
-	if oldest < hwm {
-		consumer, err := sarama.NewConsumerFromClient(client)
-		if err != nil {
-			return nil, 0, err
-		}
-		defer consumer.Close()
-		pc, err := consumer.ConsumePartition(p.topic, 0, oldest)
-		if err != nil {
-			return nil, 0, fmt.Errorf("kafka transport: reading poison topic %s: %w", p.topic, err)
-		}
-		defer pc.AsyncClose()
-	read:
-		for {
-			select {
-			case rec, ok := <-pc.Messages():
-				if !ok {
-					return nil, 0, fmt.Errorf("kafka transport: reading poison topic %s: consumer stopped", p.topic)
-				}
-				key := string(rec.Key)
-				if _, dead := header(rec, tombstoneHeader); dead || rec.Value == nil {
-					delete(live, key)
-				} else {
-					live[key] = entry{key: key, offset: rec.Offset, msg: decode(rec)}
-				}
-				if rec.Offset+1 >= hwm {
-					break read
-				}
-			case err := <-pc.Errors():
-				if err != nil {
-					return nil, 0, fmt.Errorf("kafka transport: reading poison topic %s: %w", p.topic, err)
-				}
-			case <-ctx.Done():
-				return nil, 0, ctx.Err()
-			}
-		}
-	}
-	out := make([]entry, 0, len(live))
-	for _, e := range live {
-		out = append(out, e)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].offset < out[j].offset })
-	return out, hwm, nil
+	return oldest, hwm, nil
 }
 
-// List returns the stored messages, oldest first, and leaves them stored.
-func (p *poisonQueue) List(ctx context.Context) ([]*message.Message, error) {
-	es, _, err := p.read(ctx)
-	if err != nil {
-		return nil, err
+// read calls fn for each record from offset from up to (not including)
+// to, in order.
+func (p *poisonQueue) read(ctx context.Context, from, to int64, fn func(*sarama.ConsumerMessage) error) error {
+	if from >= to {
+		return nil
 	}
-	out := make([]*message.Message, len(es))
-	for i, e := range es {
-		out[i] = e.msg
-	}
-	return out, nil
-}
-
-// Remove deletes the stored messages with the given UUIDs (every
-// subscription's entry for each), or all of them when none are given.
-func (p *poisonQueue) Remove(ctx context.Context, uuids ...string) error {
-	es, hwm, err := p.read(ctx)
+	consumer, err := blocking.Call(ctx, func() (sarama.Consumer, error) { return sarama.NewConsumerFromClient(p.t.client) },
+		func(c sarama.Consumer) { _ = c.Close() })
 	if err != nil {
 		return err
 	}
-	drop := make(map[string]bool, len(uuids))
-	for _, id := range uuids {
-		drop[id] = true
+	defer func() { go consumer.Close() }()
+	pc, err := blocking.Call(ctx, func() (sarama.PartitionConsumer, error) { return consumer.ConsumePartition(p.topic, 0, from) },
+		func(pc sarama.PartitionConsumer) { pc.AsyncClose() })
+	if err != nil {
+		return fmt.Errorf("kafka transport: reading poison topic %s: %w", p.topic, err)
 	}
-	var tombs []*message.Message
+	defer pc.AsyncClose()
+	for {
+		select {
+		case rec, ok := <-pc.Messages():
+			if !ok {
+				return fmt.Errorf("kafka transport: reading poison topic %s: consumer stopped", p.topic)
+			}
+			if rec.Offset >= to {
+				return nil
+			}
+			if err := fn(rec); err != nil {
+				return err
+			}
+			if rec.Offset+1 >= to {
+				return nil
+			}
+		case err := <-pc.Errors():
+			if err != nil {
+				return fmt.Errorf("kafka transport: reading poison topic %s: %w", p.topic, err)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func tombstone(rec *sarama.ConsumerMessage) bool {
+	_, dead := header(rec, tombstoneHeader)
+	return dead || rec.Value == nil
+}
+
+// Scan reads the topic up to its high-water mark at the start twice: once
+// for the tombstones (a record is deleted when a tombstone with its key
+// follows it), then for the live records, which it visits a page at a
+// time; it writes tombstones for the ones visit deletes before it reads
+// the next page. It holds the deleted keys and one page in memory.
+func (p *poisonQueue) Scan(ctx context.Context, pageSize int, visit func([]*message.Message) ([]int, error)) error {
+	if pageSize < 1 {
+		pageSize = 1
+	}
+	if err := p.ensure(ctx); err != nil {
+		return err
+	}
+	oldest, hwm, err := p.bounds(ctx)
+	if err != nil {
+		return err
+	}
+	deadAt := map[string]int64{} // key -> offset of its last tombstone
+	err = p.read(ctx, oldest, hwm, func(rec *sarama.ConsumerMessage) error {
+		if tombstone(rec) {
+			deadAt[string(rec.Key)] = rec.Offset
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	lowLive := hwm // the oldest record left stored
+	var page []*message.Message
 	var keys []string
-	lowLive := hwm
-	for _, e := range es {
-		if len(uuids) == 0 || drop[e.msg.UUID] {
-			m := message.NewMessage(e.msg.UUID, nil)
+	var offsets []int64
+	flush := func() error {
+		if len(page) == 0 {
+			return nil
+		}
+		del, verr := visit(page)
+		gone := make([]bool, len(page))
+		var tombs []*message.Message
+		var tkeys []string
+		for _, i := range del {
+			if i < 0 || i >= len(page) || gone[i] {
+				continue
+			}
+			gone[i] = true
+			m := message.NewMessage(page[i].UUID, nil)
 			m.Metadata.Set(tombstoneHeader, "1")
 			m.SetContext(ctx)
 			tombs = append(tombs, m)
-			keys = append(keys, e.key)
-			continue
+			tkeys = append(tkeys, keys[i])
 		}
-		lowLive = min(lowLive, e.offset)
-	}
-	if len(tombs) > 0 {
-		if err := p.t.pub.send(p.topic, tombs, keys, true); err != nil {
-			return fmt.Errorf("kafka transport: removing from poison topic %s: %w", p.topic, err)
+		for i := range page {
+			if !gone[i] {
+				lowLive = min(lowLive, offsets[i])
+			}
 		}
-	}
-	// Everything below the oldest live entry is dead: delete it, so List
-	// does not read it again. Compaction would get there eventually.
-	if lowLive > 0 {
-		if err := p.t.admin.DeleteRecords(p.topic, map[int32]int64{0: lowLive}); err != nil && !errors.Is(err, context.Canceled) {
-			p.t.log.Debug("kafka transport: cannot delete records of the poison topic; tombstones hide them", "topic", p.topic, "error", err)
+		page, keys, offsets = page[:0], keys[:0], offsets[:0]
+		if len(tombs) > 0 {
+			if err := p.t.pub.send(p.topic, tombs, tkeys, true); err != nil {
+				return fmt.Errorf("kafka transport: removing from poison topic %s: %w", p.topic, err)
+			}
 		}
+		return verr
 	}
+	err = p.read(ctx, oldest, hwm, func(rec *sarama.ConsumerMessage) error {
+		if tombstone(rec) {
+			return nil
+		}
+		key := string(rec.Key)
+		if at, dead := deadAt[key]; dead && at > rec.Offset {
+			return nil
+		}
+		page = append(page, decode(rec))
+		keys = append(keys, key)
+		offsets = append(offsets, rec.Offset)
+		if len(page) == pageSize {
+			return flush()
+		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		// Records of a page not visited stay; lowLive cannot be trusted.
+		return err
+	}
+	p.trim(ctx, lowLive)
 	return nil
+}
+
+// trim deletes every record below offset: compaction would get there
+// eventually, but until then each Scan would read them again.
+func (p *poisonQueue) trim(ctx context.Context, offset int64) {
+	if offset <= 0 {
+		return
+	}
+	err := blocking.Do(ctx, func() error { return p.t.admin.DeleteRecords(p.topic, map[int32]int64{0: offset}) })
+	if err != nil && !errors.Is(err, context.Canceled) {
+		p.t.log.Debug("kafka transport: cannot delete records of the poison topic; tombstones hide them", "topic", p.topic, "error", err)
+	}
+}
+
+// Purge deletes every record stored when it starts: all records below the
+// high-water mark, with DeleteRecords, or, where the cluster refuses that,
+// with a tombstone for each.
+func (p *poisonQueue) Purge(ctx context.Context) error {
+	if err := p.ensure(ctx); err != nil {
+		return err
+	}
+	_, hwm, err := p.bounds(ctx)
+	if err != nil {
+		return err
+	}
+	if hwm == 0 {
+		return nil
+	}
+	err = blocking.Do(ctx, func() error { return p.t.admin.DeleteRecords(p.topic, map[int32]int64{0: hwm}) })
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("kafka transport: purging poison topic %s: %w", p.topic, err)
+	}
+	p.t.log.Debug("kafka transport: cannot delete records of the poison topic; writing tombstones", "topic", p.topic, "error", err)
+	return p.Scan(ctx, 500, func(page []*message.Message) ([]int, error) {
+		del := make([]int, len(page))
+		for i := range del {
+			del[i] = i
+		}
+		return del, nil
+	})
 }

@@ -96,7 +96,9 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 		sem:     make(chan struct{}, s.cfg.Concurrency),
 		joined:  make(chan struct{}),
 	}
-	runCtx, cancel := context.WithCancel(ctx)
+	// ctx bounds the setup only: the subscription lasts until the
+	// subscriber or the transport closes.
+	runCtx, cancel := context.WithCancel(context.Background())
 	stop1 := context.AfterFunc(s.t.msgCtx, cancel)
 	go func() {
 		select {
@@ -120,6 +122,9 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 	select {
 	case <-c.joined:
 	case <-runCtx.Done():
+	case <-ctx.Done():
+		cancel()
+		return nil, ctx.Err()
 	case <-tm.C:
 		s.t.log.Warn("kafka transport: the consumer has not joined its group yet; it keeps trying in the background", "group", s.cfg.Group, "waited", d)
 	}

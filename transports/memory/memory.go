@@ -11,7 +11,8 @@
 // subscription group holds before Publish blocks: back-pressure instead of
 // unbounded memory. A group that nobody consumes any more therefore blocks
 // publishers of its events once full, until their ctx ends, as a RabbitMQ
-// queue without consumers would grow; delete such groups with [Forget]. A
+// queue without consumers would grow; groups cannot be deleted one by one,
+// but [Forget] drops a whole named broker with all its groups. A
 // blocked Publish goes on once the group has drained to half, so that
 // publishers and consumers work in bursts instead of taking turns for every
 // event; if the group has room but stops draining above half, it goes on
@@ -22,10 +23,12 @@
 package memory
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -397,9 +400,14 @@ type subscriber struct {
 
 // Subscribe binds pattern to the subscriber's group and starts Concurrency
 // workers, each delivering one event at a time and waiting for its ack.
+// The subscription lasts until the subscriber or the transport closes; ctx
+// only bounds the setup, which never waits.
 func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *message.Message, error) {
 	p, err := eventbus.CompilePattern(pattern)
 	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if s.t.closed.Load() {
@@ -420,12 +428,27 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 	go func() {
 		defer s.workers.Done()
 		select {
-		case <-ctx.Done():
 		case <-s.closing:
 		case <-s.t.ctx.Done():
 		}
 		close(stop)
-		workers.Wait()
+		// Events a worker put in the channel that nobody took are given
+		// back (a worker waits for the ack of each), so that Close does
+		// not wait for a reader that is gone.
+		done := make(chan struct{})
+		go func() {
+			workers.Wait()
+			close(done)
+		}()
+		for {
+			select {
+			case m := <-out:
+				m.Nack()
+				continue
+			case <-done:
+			}
+			break
+		}
 		close(out)
 	}()
 	return out, nil
@@ -471,15 +494,17 @@ func (s *subscriber) work(g *group, out chan<- *message.Message, stop <-chan str
 
 func (s *subscriber) next(g *group, stop <-chan struct{}) *message.Message {
 	for {
-		if g.nback.Load() > 0 {
-			if m := g.takeBack(); m != nil {
-				return m
-			}
-		}
+		// Stop first: a closing subscriber gives back the events it had
+		// put in its channel, and must not take them again.
 		select {
 		case <-stop:
 			return nil
 		default:
+		}
+		if g.nback.Load() > 0 {
+			if m := g.takeBack(); m != nil {
+				return m
+			}
 		}
 		select {
 		case m := <-g.queue:
@@ -506,47 +531,96 @@ func (s *subscriber) Close() error {
 	return nil
 }
 
-// poisonStore is the service's poison queue.
+// poisonStore is the service's poison queue: records in the order they
+// were added, each with a sequence number that Scan uses to skip records
+// added after it started.
 type poisonStore struct {
 	mu   sync.Mutex
-	msgs []*message.Message
+	seq  uint64
+	recs []poisonRecord
 }
 
-func (p *poisonStore) Add(_ context.Context, m *message.Message) error {
+type poisonRecord struct {
+	seq uint64
+	msg *message.Message
+}
+
+func (p *poisonStore) Add(ctx context.Context, m *message.Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.msgs = append(p.msgs, m.Copy())
+	p.seq++
+	p.recs = append(p.recs, poisonRecord{seq: p.seq, msg: m.Copy()})
 	return nil
 }
 
-func (p *poisonStore) List(context.Context) ([]*message.Message, error) {
+func (p *poisonStore) Scan(ctx context.Context, pageSize int, visit func([]*message.Message) ([]int, error)) error {
+	if pageSize < 1 {
+		pageSize = 1
+	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]*message.Message, len(p.msgs))
-	for i, m := range p.msgs {
-		out[i] = m.Copy()
-	}
-	return out, nil
-}
-
-func (p *poisonStore) Remove(_ context.Context, uuids ...string) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(uuids) == 0 {
-		p.msgs = nil
-		return nil
-	}
-	drop := make(map[string]bool, len(uuids))
-	for _, u := range uuids {
-		drop[u] = true
-	}
-	kept := p.msgs[:0]
-	for _, m := range p.msgs {
-		if !drop[m.UUID] {
-			kept = append(kept, m)
+	last := p.seq
+	p.mu.Unlock()
+	var after uint64 // the last sequence number visited
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		p.mu.Lock()
+		var seqs []uint64
+		var page []*message.Message
+		// recs stay sorted by seq: find the first one after the last page.
+		i, _ := slices.BinarySearchFunc(p.recs, after+1, func(r poisonRecord, seq uint64) int { return cmp.Compare(r.seq, seq) })
+		for _, r := range p.recs[i:] {
+			if r.seq > last || len(page) == pageSize {
+				break
+			}
+			seqs = append(seqs, r.seq)
+			page = append(page, r.msg.Copy())
+		}
+		p.mu.Unlock()
+		if len(page) == 0 {
+			return nil
+		}
+		after = seqs[len(seqs)-1]
+		del, err := visit(page)
+		if len(del) > 0 {
+			drop := make(map[uint64]bool, len(del))
+			for _, i := range del {
+				if i >= 0 && i < len(seqs) {
+					drop[seqs[i]] = true
+				}
+			}
+			p.remove(func(r poisonRecord) bool { return drop[r.seq] })
+		}
+		if err != nil {
+			return err
 		}
 	}
-	clear(p.msgs[len(kept):])
-	p.msgs = kept
+}
+
+func (p *poisonStore) Purge(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	last := p.seq
+	p.mu.Unlock()
+	p.remove(func(r poisonRecord) bool { return r.seq <= last })
 	return nil
+}
+
+func (p *poisonStore) remove(drop func(poisonRecord) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	kept := p.recs[:0]
+	for _, r := range p.recs {
+		if !drop(r) {
+			kept = append(kept, r)
+		}
+	}
+	clear(p.recs[len(kept):])
+	p.recs = kept
 }

@@ -1,0 +1,321 @@
+package eventbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/paissive/go-eventbus/internal/wire"
+	"github.com/paissive/go-eventbus/middleware"
+)
+
+// PoisonedEvent is an event in the poison queue with the record of its
+// failure.
+type PoisonedEvent struct {
+	// Event is the stored event; for an undecodable message only its ID is
+	// set and DecodeError says why.
+	Event       Event
+	DecodeError error
+	// Headers and Payload are the stored message as it was received (for
+	// a reduced record, as it was before the broker refused it).
+	Headers map[string]string
+	Payload []byte
+
+	// RecordID identifies this record in the poison queue: the same event
+	// poisoned twice is two records.
+	RecordID string
+	// Reason is why the event was poisoned: "retries-exhausted",
+	// "permanent", "panic", "undecodable" or "misrouted".
+	Reason string
+	// Error is the handler's last error; at most 8 KiB of it, and
+	// ErrorLength gives the full length when it was cut.
+	Error       string
+	ErrorLength int
+	// Attempts is the number of handler calls made.
+	Attempts                  int
+	Subscription, Pattern     string
+	FirstFailure, LastFailure time.Time
+}
+
+// PoisonFilter selects poisoned events for [Bus.Poisoned], [Bus.Replay] and
+// [Bus.PurgePoison]. Its zero value selects every event; set fields narrow
+// the selection, all of them at once.
+type PoisonFilter struct {
+	// IDs selects events by event ID.
+	IDs []string
+	// Subscription selects events a subscription of this name failed.
+	Subscription string
+	// Reason selects events poisoned for this reason ("permanent", ...).
+	Reason string
+	// Name is a pattern (see [Pattern]) the event's name must match.
+	Name string
+	// After and Before bound the time of the last failure.
+	After, Before time.Time
+	// Limit, when positive, stops after this many events.
+	Limit int
+}
+
+// poisonPage is how many records the bus asks a poison queue for at once:
+// listing, replaying or purging any number of records holds at most this
+// many in memory.
+const poisonPage = 500
+
+// errStopScan ends a scan early without an error.
+var errStopScan = errors.New("eventbus: stop scan")
+
+// match returns a function reporting whether a poisoned event passes f.
+func (f PoisonFilter) match() (func(*PoisonedEvent) bool, error) {
+	var name Pattern
+	if f.Name != "" {
+		var err error
+		if name, err = CompilePattern(f.Name); err != nil {
+			return nil, fmt.Errorf("eventbus: PoisonFilter.Name: %w", err)
+		}
+	}
+	return func(p *PoisonedEvent) bool {
+		switch {
+		case len(f.IDs) > 0 && !slices.Contains(f.IDs, p.Event.ID):
+			return false
+		case f.Subscription != "" && p.Subscription != f.Subscription:
+			return false
+		case f.Reason != "" && p.Reason != f.Reason:
+			return false
+		case f.Name != "" && !name.Match(p.Event.Name):
+			return false
+		case !f.After.IsZero() && !p.LastFailure.After(f.After):
+			return false
+		case !f.Before.IsZero() && !p.LastFailure.Before(f.Before):
+			return false
+		}
+		return true
+	}, nil
+}
+
+// poisonQueue returns the transport's poison queue, or ErrClosed once the
+// bus is closing.
+func (b *Bus) poisonQueue() (PoisonQueue, error) {
+	if b.isClosing() {
+		return nil, ErrClosed
+	}
+	return b.transport.PoisonQueue()
+}
+
+// scanPoison visits the poisoned events that pass f, a page at a time;
+// visit returns the indexes (into the page) of the records to delete.
+func (b *Bus) scanPoison(ctx context.Context, f PoisonFilter, visit func(page []*message.Message, ps []*PoisonedEvent) ([]int, error)) error {
+	pq, err := b.poisonQueue()
+	if err != nil {
+		return err
+	}
+	match, err := f.match()
+	if err != nil {
+		return err
+	}
+	n := 0
+	err = pq.Scan(ctx, poisonPage, func(page []*message.Message) ([]int, error) {
+		ps := make([]*PoisonedEvent, len(page))
+		var stop bool
+		for i, m := range page {
+			p := toPoisoned(m)
+			if !match(&p) {
+				continue
+			}
+			if f.Limit > 0 && n == f.Limit {
+				stop = true
+				break
+			}
+			n++
+			ps[i] = &p
+		}
+		del, err := visit(page, ps)
+		if err == nil && stop {
+			err = errStopScan
+		}
+		return del, err
+	})
+	if errors.Is(err, errStopScan) {
+		return nil
+	}
+	return err
+}
+
+// Poisoned lists the events in the service's poison queue that pass f,
+// oldest first, without removing them. It reads the queue a page at a
+// time, but returns every selected event at once: set f.Limit for a queue
+// that may be large.
+func (b *Bus) Poisoned(ctx context.Context, f PoisonFilter) ([]PoisonedEvent, error) {
+	var out []PoisonedEvent
+	err := b.scanPoison(ctx, f, func(_ []*message.Message, ps []*PoisonedEvent) ([]int, error) {
+		for _, p := range ps {
+			if p != nil {
+				out = append(out, *p)
+			}
+		}
+		return nil, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("eventbus: listing poison queue: %w", err)
+	}
+	return out, nil
+}
+
+// Replay sends the poisoned events that pass f back to the subscription
+// that failed them, and only to it, and removes exactly the records it
+// sent from the poison queue. Replayed events keep their ID, correlation
+// and headers, without the poison headers. An event that fails again is
+// poisoned again as a new record, which this Replay neither sends again
+// nor removes. It returns how many events were replayed.
+//
+// The queue is read and replayed a page at a time: a page's events are
+// redelivered (with the transport's publish guarantees), then their
+// records removed. A record is removed only after its event was accepted
+// for the subscription, so nothing is lost; if Replay stops between the
+// two (ctx ends, the process dies), the events of that page are replayed
+// again by the next Replay (at most one page, 500 events; they keep their
+// IDs, so an idempotent subscription skips them).
+func (b *Bus) Replay(ctx context.Context, f PoisonFilter) (int, error) {
+	n := 0
+	// Events of a group this Replay sent already: a record of the same
+	// event the queue gives again (stored again meanwhile) is left alone.
+	sent := map[string]bool{}
+	var orphans []string // records without a subscription: left stored
+	err := b.scanPoison(ctx, f, func(page []*message.Message, ps []*PoisonedEvent) ([]int, error) {
+		byGroup := map[string][]int{}
+		var groups []string
+		for i, p := range ps {
+			if p == nil {
+				continue
+			}
+			if p.Subscription == "" {
+				orphans = append(orphans, p.Event.ID)
+				continue
+			}
+			g := b.cfg.ServiceName + "." + p.Subscription
+			if sent[g+"\x00"+p.Event.ID] {
+				continue
+			}
+			if byGroup[g] == nil {
+				groups = append(groups, g)
+			}
+			byGroup[g] = append(byGroup[g], i)
+		}
+		var del []int
+		for _, g := range groups {
+			idx := byGroup[g]
+			msgs := make([]*message.Message, len(idx))
+			for j, i := range idx {
+				msgs[j] = replayMessage(ps[i])
+				msgs[j].SetContext(ctx)
+			}
+			err := b.transport.Redeliver(ctx, g, msgs...)
+			failed := map[string]bool{}
+			var pe *PublishError
+			switch {
+			case err == nil:
+			case errors.As(err, &pe):
+				for _, fe := range pe.Failed {
+					failed[fe.ID] = true
+				}
+			default:
+				return del, fmt.Errorf("eventbus: replaying to %s: %w", g, err)
+			}
+			for j, i := range idx {
+				if !failed[msgs[j].UUID] {
+					del = append(del, i)
+					sent[g+"\x00"+msgs[j].UUID] = true
+					n++
+				}
+			}
+			if err != nil {
+				return del, fmt.Errorf("eventbus: replaying to %s: %w", g, err)
+			}
+		}
+		return del, nil
+	})
+	if err == nil && len(orphans) > 0 {
+		err = fmt.Errorf("eventbus: %d poisoned message(s) have no %s header, so the subscription to replay them to is unknown; they stay in the poison queue (first: %s)", len(orphans), wire.PoisonSubscription, orphans[0])
+	}
+	return n, err
+}
+
+// replayMessage is the message a poisoned event is replayed as: the stored
+// message without the poison headers.
+func replayMessage(p *PoisonedEvent) *message.Message {
+	m := message.NewMessage(p.Event.ID, p.Payload)
+	for k, v := range p.Headers {
+		if !strings.HasPrefix(k, "poison_") {
+			m.Metadata[k] = v
+		}
+	}
+	return m
+}
+
+// PurgePoison deletes the poisoned events that pass f and returns how many
+// it deleted; with the zero filter it empties the queue (and returns -1
+// when the transport does not count what it purged).
+func (b *Bus) PurgePoison(ctx context.Context, f PoisonFilter) (int, error) {
+	if f.IDs == nil && f.Subscription == "" && f.Reason == "" && f.Name == "" && f.After.IsZero() && f.Before.IsZero() && f.Limit == 0 {
+		pq, err := b.poisonQueue()
+		if err != nil {
+			return 0, err
+		}
+		if err := pq.Purge(ctx); err != nil {
+			return 0, fmt.Errorf("eventbus: purging poison queue: %w", err)
+		}
+		return -1, nil
+	}
+	n := 0
+	err := b.scanPoison(ctx, f, func(_ []*message.Message, ps []*PoisonedEvent) ([]int, error) {
+		var del []int
+		for i, p := range ps {
+			if p != nil {
+				del = append(del, i)
+			}
+		}
+		n += len(del)
+		return del, nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("eventbus: purging poison queue: %w", err)
+	}
+	return n, nil
+}
+
+func toPoisoned(rec *message.Message) PoisonedEvent {
+	p := PoisonedEvent{RecordID: rec.Metadata.Get(wire.PoisonID)}
+	m, err := middleware.Unwrap(rec)
+	if err != nil {
+		p.DecodeError = err
+		m = rec
+	}
+	md := m.Metadata
+	headers := make(map[string]string, len(md))
+	for k, v := range md {
+		headers[k] = v
+	}
+	p.Headers, p.Payload = headers, m.Payload
+	p.Reason, p.Error = md[wire.PoisonReason], md[wire.PoisonError]
+	p.Subscription, p.Pattern = md[wire.PoisonSubscription], md[wire.PoisonPattern]
+	p.Attempts, _ = strconv.Atoi(md[wire.PoisonAttempts])
+	p.ErrorLength = len(p.Error)
+	if n, err := strconv.Atoi(md[wire.PoisonErrorTruncated]); err == nil {
+		p.ErrorLength = n
+	}
+	p.FirstFailure, _ = time.Parse(time.RFC3339Nano, md[wire.PoisonFirstFailure])
+	p.LastFailure, _ = time.Parse(time.RFC3339Nano, md[wire.PoisonLastFailure])
+	if p.DecodeError != nil {
+		p.Event = Event{ID: m.UUID}
+		return p
+	}
+	p.Event, p.DecodeError = DecodeMessage(m)
+	if p.DecodeError != nil {
+		p.Event = Event{ID: m.UUID}
+	}
+	return p
+}
