@@ -412,7 +412,10 @@ func TestForeignRecordIsPoisoned(t *testing.T) {
 	waitFor(t, "the foreign record poisoned", func() bool {
 		ps, err := b.Poisoned(testCtx(t), eventbus.PoisonFilter{})
 		return err == nil && len(ps) == 1 && ps[0].Event.ID == wantID && ps[0].Reason == "undecodable"
-	}, func() string { ps, err := b.Poisoned(testCtx(t), eventbus.PoisonFilter{}); return fmt.Sprintf("%+v %v", ps, err) })
+	}, func() string {
+		ps, err := b.Poisoned(testCtx(t), eventbus.PoisonFilter{})
+		return fmt.Sprintf("%+v %v", ps, err)
+	})
 }
 
 // TestParseOptions checks URL parsing and its errors.
