@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sort"
 	"strings"
@@ -62,6 +63,10 @@ var tests = []struct {
 	{"PanicIsPoisoned", testPanic},
 	{"ReplayReachesOnlyFailingSubscription", testReplay},
 	{"PurgePoison", testPurge},
+	{"PoisonQueueScan", testPoisonQueueScan},
+	{"ReplayIntoFailingHandler", testReplayIntoFailingHandler},
+	{"OversizedEventFailsAlone", testOversizedEventFailsAlone},
+	{"LongErrorPoisonedOnce", testLongErrorPoisonedOnce},
 	{"CorrelationAcrossHops", testCorrelation},
 	{"IdempotencySkipsDuplicates", testIdempotency},
 	{"RetryDelaysFollowBackoff", testRetryDelays},
@@ -74,12 +79,83 @@ type env struct {
 	url     string
 	prefix  string
 	timeout time.Duration
+	log     *slog.Logger
 }
 
 func newEnv(t *testing.T, h Harness) *env {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return &env{t: t, h: h, url: h.URL(t), prefix: "ct" + hex.EncodeToString(b[:]), timeout: h.Timeout}
+	e := &env{t: t, h: h, prefix: "ct" + hex.EncodeToString(b[:]), timeout: h.Timeout}
+	e.log = slog.New(&testLog{t: t, level: slog.LevelWarn})
+	// Registered first, so it runs last: log lines from goroutines that
+	// outlive the test are dropped rather than reported to a finished test.
+	t.Cleanup(e.log.Handler().(*testLog).stop)
+	e.url = h.URL(t)
+	return e
+}
+
+// testLog writes log lines of warning level and above to the test's log,
+// which shows them only when the test fails.
+type testLog struct {
+	t     *testing.T
+	level slog.Level
+	mu    sync.Mutex
+	done  bool
+	attrs []slog.Attr
+}
+
+func (l *testLog) stop() {
+	l.mu.Lock()
+	l.done = true
+	l.mu.Unlock()
+}
+
+func (l *testLog) Enabled(_ context.Context, lv slog.Level) bool { return lv >= l.level }
+
+func (l *testLog) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s", r.Level, r.Message)
+	add := func(a slog.Attr) bool {
+		v := a.Value.String()
+		if len(v) > 300 {
+			v = v[:300] + "..."
+		}
+		fmt.Fprintf(&b, " %s=%q", a.Key, v)
+		return true
+	}
+	for _, a := range l.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.done {
+		l.t.Log(b.String())
+	}
+	return nil
+}
+
+func (l *testLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return &testLogView{l, append(slices.Clone(l.attrs), as...)}
+}
+
+func (l *testLog) WithGroup(string) slog.Handler { return l }
+
+// testLogView is a testLog with attributes; it shares the parent's lock and
+// stop flag.
+type testLogView struct {
+	*testLog
+	attrs []slog.Attr
+}
+
+func (v *testLogView) Handle(ctx context.Context, r slog.Record) error {
+	r = r.Clone()
+	r.AddAttrs(v.attrs...)
+	return v.testLog.Handle(ctx, r)
+}
+
+func (v *testLogView) WithAttrs(as []slog.Attr) slog.Handler {
+	return &testLogView{v.testLog, append(slices.Clone(v.attrs), as...)}
 }
 
 // ctx returns a context bounded by the suite's timeout.
@@ -104,6 +180,9 @@ var fastPolicy = eventbus.Policy{MaxAttempts: 3, InitialBackoff: 5 * time.Millis
 func (e *env) busWith(cfg eventbus.Config, opts ...eventbus.Option) *eventbus.Bus {
 	e.t.Helper()
 	cfg.URL = e.url
+	if cfg.Logger == nil {
+		cfg.Logger = e.log
+	}
 	if cfg.Policy == (eventbus.Policy{}) {
 		cfg.Policy = fastPolicy
 	}

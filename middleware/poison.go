@@ -201,11 +201,21 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
+// maxLogError is the most of a handler's error a log line shows.
+const maxLogError = 500
+
 // firstLine keeps log lines short: a panic's error carries the whole stack,
-// which the poison record keeps.
+// and an error may be any length; the poison record keeps 8 KiB of it.
 func firstLine(s string) string {
+	line, more := s, false
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i] + " (more in the poison record)"
+		line, more = s[:i], true
 	}
-	return s
+	if len(line) > maxLogError {
+		line, more = truncate(line, maxLogError), true
+	}
+	if more {
+		return line + " ... (more in the poison record)"
+	}
+	return line
 }

@@ -3,6 +3,7 @@ package memory_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -378,5 +379,61 @@ func waitUntil(t *testing.T, cond func() bool) {
 			t.Fatal("condition not reached within 10s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestCloseGivesBackEventsNobodyRead: a subscriber's Close returns although
+// events it had put in its channel were never read, and those events are
+// delivered to the next subscriber of the group.
+func TestCloseGivesBackEventsNobodyRead(t *testing.T) {
+	url := freshURL(t)
+	tr, err := eventbus.OpenTransport(context.Background(), eventbus.Config{ServiceName: "unread", URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	cfg := eventbus.SubscriberConfig{Group: "unread.s", Service: "unread", Subscription: "s", Concurrency: 2}
+	sub, err := tr.NewSubscriber(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.Subscribe(context.Background(), "unread.#"); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := range 2 {
+		ev, _ := eventbus.NewEvent(fmt.Sprintf("unread.e%d", i), "unread", eventbus.Domain, i)
+		ids = append(ids, ev.ID)
+		m := eventbus.EncodeMessage(ev)
+		m.SetContext(context.Background())
+		if err := tr.Publisher().Publish(ev.Name, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- sub.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waits for events nobody read")
+	}
+	next, err := tr.NewSubscriber(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	ch, err := next.Subscribe(context.Background(), "unread.#")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for len(got) < 2 {
+		select {
+		case m := <-ch:
+			got[m.UUID] = true
+			m.Ack()
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the next subscriber got %v, want %v", got, ids)
+		}
 	}
 }
