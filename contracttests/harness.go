@@ -37,6 +37,13 @@ type Harness struct {
 	// reporting eventbus.ErrUnroutable from Publish.
 	RetainsUnroutable bool
 
+	// Faulty, when set, returns a URL for one test whose path to the
+	// broker goes through a fault injector the test controls (a loopback
+	// proxy that can cut or stall the connection), so that the suite can
+	// check what the transport does while the broker is down or frozen.
+	// Without it those tests are skipped, saying why.
+	Faulty func(t testing.TB) (url string, f Faults)
+
 	// Timeout bounds each wait in the suite; zero means 30 seconds.
 	Timeout time.Duration
 

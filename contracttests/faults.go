@@ -1,0 +1,202 @@
+package contracttests
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/paissive/go-eventbus/eventbus"
+)
+
+// Faults breaks the path between a transport and its broker, for the
+// suite's fault tests. A transport's test provides it through
+// [Harness.Faulty], typically with a loopback proxy in front of the broker
+// (or a wrapper around an in-process broker's listener).
+type Faults interface {
+	// Cut closes every connection and refuses new ones, as when the broker
+	// process dies.
+	Cut()
+	// Stall keeps connections open but moves no byte, and accepts new
+	// connections without answering, as when the broker is frozen.
+	Stall()
+	// Heal ends a cut or a stall.
+	Heal()
+}
+
+// faultMargin is how much later than its ctx's deadline a call may return
+// in the fault tests: the bus and transports return at the deadline, and
+// the margin absorbs scheduling on a busy machine, not a wait for the
+// broker.
+const faultMargin = time.Second
+
+// faultDeadline is the ctx timeout the fault tests give each call.
+const faultDeadline = 2 * time.Second
+
+// faulty returns a URL through the harness's fault injector, or skips the
+// test with the reason when the transport provides none.
+func (e *env) faulty() (string, Faults) {
+	e.t.Helper()
+	if e.h.Faulty == nil {
+		e.t.Skipf("%s: the harness provides no fault injector (Harness.Faulty), so the transport's behaviour while the broker is down or frozen is not checked", e.h.Name)
+	}
+	return e.h.Faulty(e.t)
+}
+
+// busVia opens a bus for service on url.
+func (e *env) busVia(url, service string) *eventbus.Bus {
+	e.t.Helper()
+	return e.busWith(eventbus.Config{ServiceName: e.service(service), URL: url})
+}
+
+// bounded runs f and fails the test unless it returns within d plus
+// faultMargin; it returns f's error and how long it took.
+func (e *env) bounded(what string, d time.Duration, f func(ctx context.Context) error) (error, time.Duration) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- f(ctx) }()
+	select {
+	case err := <-done:
+		return err, time.Since(start)
+	case <-time.After(d + faultMargin):
+		e.t.Fatalf("%s with a ctx of %v has not returned after %v: calls must return by their ctx's deadline while the broker is down or frozen", what, d, d+faultMargin)
+		return nil, 0
+	}
+}
+
+// roundTrip publishes an event through pub and waits until r has it.
+func (e *env) roundTrip(pub *eventbus.Bus, r *recorder, name string) {
+	e.t.Helper()
+	ev := e.event(name, nil)
+	e.publish(pub, ev)
+	e.waitFor("event "+name+" after the broker healed", func() bool { return r.has(ev.ID) }, func() string { return "not delivered" })
+}
+
+// testCallsBoundedWhileStalled freezes the broker under a running bus:
+// Publish, Poisoned, Replay and Close each return by their ctx's deadline
+// (Publish with an error naming the events), and once the broker answers
+// again the same bus publishes and consumes.
+func testCallsBoundedWhileStalled(e *env) {
+	url, f := e.faulty()
+	b := e.busVia(url, "stalled")
+	r := newRecorder()
+	e.subscribe(b, "stall.#", r.handle)
+	e.start(b)
+	e.roundTrip(b, r, "stall.before")
+
+	f.Stall()
+	ev := e.event("stall.during", nil)
+	err, took := e.bounded("Publish while the broker is frozen", faultDeadline, func(ctx context.Context) error { return b.Publish(ctx, ev) })
+	var pe *eventbus.PublishError
+	if err != nil && (!errors.As(err, &pe) || len(pe.Failed) != 1 || pe.Failed[0].ID != ev.ID) {
+		e.t.Errorf("Publish while frozen: %v; want nil or a *PublishError naming the event", err)
+	}
+	e.t.Logf("Publish while frozen returned after %v: %v", took.Round(time.Millisecond), err)
+	err, _ = e.bounded("Poisoned while the broker is frozen", faultDeadline, func(ctx context.Context) error {
+		_, err := b.Poisoned(ctx, eventbus.PoisonFilter{})
+		return err
+	})
+	e.t.Logf("Poisoned while frozen: %v", err)
+	err, _ = e.bounded("Replay while the broker is frozen", faultDeadline, func(ctx context.Context) error {
+		_, err := b.Replay(ctx, eventbus.PoisonFilter{})
+		return err
+	})
+	e.t.Logf("Replay while frozen: %v", err)
+
+	f.Heal()
+	e.roundTrip(b, r, "stall.after")
+
+	// A second bus, closed while the broker is frozen.
+	c := e.busVia(url, "stalled-close")
+	e.subscribe(c, "stall.close.#", newRecorder().handle)
+	e.start(c)
+	f.Stall()
+	defer f.Heal()
+	err, took = e.bounded("Close while the broker is frozen", faultDeadline, func(ctx context.Context) error { return c.Close(ctx) })
+	e.t.Logf("Close while frozen returned after %v: %v", took.Round(time.Millisecond), err)
+}
+
+// testCallsBoundedWhileDown cuts the broker: New, Start and Publish each
+// return by their ctx's deadline with an error; once it is back, Start
+// succeeds and the events flow.
+func testCallsBoundedWhileDown(e *env) {
+	url, f := e.faulty()
+	f.Cut()
+	err, _ := e.bounded("New while the broker is down", faultDeadline, func(ctx context.Context) error {
+		b, err := eventbus.New(ctx, eventbus.Config{ServiceName: e.service("down-new"), URL: url, Logger: e.log})
+		if err == nil {
+			_ = b.Close(ctx)
+			return errors.New("New succeeded although the broker is down")
+		}
+		return nil
+	})
+	if err != nil {
+		e.t.Errorf("New: %v", err)
+	}
+	f.Heal()
+
+	b := e.busVia(url, "down")
+	r := newRecorder()
+	e.subscribe(b, "down.#", r.handle)
+	f.Cut()
+	err, _ = e.bounded("Start while the broker is down", faultDeadline, func(ctx context.Context) error { return b.Start(ctx) })
+	if err == nil {
+		e.t.Log("Start succeeded while the broker was down (the transport had the subscription ready)")
+	}
+	ev := e.event("down.during", nil)
+	err, _ = e.bounded("Publish while the broker is down", faultDeadline, func(ctx context.Context) error { return b.Publish(ctx, ev) })
+	if err == nil {
+		e.t.Log("Publish succeeded while the broker was down")
+	}
+	f.Heal()
+	e.start(b)
+	e.roundTrip(b, r, "down.after")
+}
+
+// testPublishRidesOutAShortOutage: a Publish whose ctx outlasts a short
+// outage (the broker restarts) waits for the broker and succeeds, and its
+// events are delivered.
+func testPublishRidesOutAShortOutage(e *env) {
+	url, f := e.faulty()
+	b := e.busVia(url, "outage")
+	r := newRecorder()
+	e.subscribe(b, "outage.#", r.handle)
+	e.start(b)
+	e.roundTrip(b, r, "outage.before")
+	f.Cut()
+	healed := make(chan struct{})
+	go func() {
+		defer close(healed)
+		time.Sleep(time.Second) // the outage the Publish must ride out
+		f.Heal()
+	}()
+	evs := make([]eventbus.Event, 20)
+	for i := range evs {
+		evs[i] = e.event(fmt.Sprintf("outage.e%d", i%4), map[string]int{"i": i})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
+	defer cancel()
+	if err := b.Publish(ctx, evs...); err != nil {
+		e.t.Errorf("Publish across a 1 s outage with a %v ctx: %v", e.timeout, err)
+	}
+	<-healed
+	e.waitFor("the events published across the outage", func() bool {
+		for _, ev := range evs {
+			if !r.has(ev.ID) {
+				return false
+			}
+		}
+		return true
+	}, func() string { return r.missing(ids(evs)) })
+}
+
+func ids(evs []eventbus.Event) []string {
+	out := make([]string, len(evs))
+	for i, ev := range evs {
+		out[i] = ev.ID
+	}
+	return out
+}
