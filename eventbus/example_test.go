@@ -2,6 +2,7 @@ package eventbus_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -134,7 +135,8 @@ type UserRegistered struct {
 }
 
 // A schema binds an event name to a Go type: events it creates carry
-// validated data, and handlers get the data parsed and validated.
+// validated data and its version, and handlers get the data parsed and
+// validated.
 func ExampleNewSchema() {
 	userRegistered, err := eventbus.NewSchema[UserRegistered]("user.registered", eventbus.SchemaVersion("2"))
 	if err != nil {
@@ -153,16 +155,67 @@ func ExampleNewSchema() {
 	}
 	fmt.Println(data.Username)
 
-	// Invalid data is refused; the error is permanent, so a handler
-	// returning it (as Schema.Handler does) is not retried.
-	_, err = userRegistered.NewEvent("users", UserRegistered{UserID: "124", Username: "jane", Email: "jane-at-example"}, eventbus.Domain)
+	// Invalid data is refused, with the JSON names of the fields. The
+	// error is permanent, so a handler returning it (as Schema.Handler
+	// does) is not retried.
+	_, err = userRegistered.NewEvent("users", UserRegistered{UserID: "124", Email: "jane-at-example"}, eventbus.Domain)
 	fmt.Println(err)
 	fmt.Println(eventbus.IsPermanent(err))
+	var invalid *eventbus.ValidationError
+	if errors.As(err, &invalid) {
+		for _, f := range invalid.Fields {
+			fmt.Printf("%s breaks %q\n", f.Path, f.Rule)
+		}
+	}
 	// Output:
 	// user.registered 2 {"user_id":"123","username":"john_doe","email":"john.doe@example.com"}
 	// john_doe
-	// eventbus: data of user.registered is invalid: Key: 'UserRegistered.Email' Error:Field validation for 'Email' failed on the 'email' tag
+	// eventbus: data of user.registered is invalid: username: required; email: must be an email address
 	// true
+	// username breaks "required"
+	// email breaks "email"
+}
+
+// OrderPlaced is version 2 of the data of "order.placed": version 1 called
+// total_cents "amount".
+type OrderPlaced struct {
+	CustomerID string `json:"customer_id" validate:"required"`
+	TotalCents int    `json:"total_cents" validate:"gt=0"`
+}
+
+// A schema reads the older major versions its upcasters carry forward,
+// and any minor version of its own major (fields it does not know are
+// ignored). A newer major is a permanent error: the event waits in the
+// poison queue for a consumer that knows it.
+func ExampleUpcast() {
+	orderPlaced := eventbus.MustSchema[OrderPlaced]("order.placed",
+		eventbus.SchemaVersion("2"),
+		eventbus.Upcast(1, func(data json.RawMessage) (json.RawMessage, error) {
+			var v1 map[string]any
+			if err := json.Unmarshal(data, &v1); err != nil {
+				return nil, err
+			}
+			v1["total_cents"] = v1["amount"]
+			delete(v1, "amount")
+			return json.Marshal(v1)
+		}))
+
+	for _, ev := range []eventbus.Event{
+		{ID: "e1", Name: "order.placed", DataVersion: "1", Data: json.RawMessage(`{"customer_id":"c1","amount":1250}`)},
+		{ID: "e2", Name: "order.placed", DataVersion: "2.1", Data: json.RawMessage(`{"customer_id":"c2","total_cents":990,"coupon":"X"}`)},
+		{ID: "e3", Name: "order.placed", DataVersion: "3", Data: json.RawMessage(`{"customer_id":"c3","total":{"cents":5}}`)},
+	} {
+		order, err := orderPlaced.Parse(ev)
+		if err != nil {
+			fmt.Println(err)
+			continue
+		}
+		fmt.Printf("%s %+v\n", ev.DataVersion, order)
+	}
+	// Output:
+	// 1 {CustomerID:c1 TotalCents:1250}
+	// 2.1 {CustomerID:c2 TotalCents:990}
+	// eventbus: order.placed data version 3.0 is newer than this consumer's schema (2.x); deploy a consumer that knows version 3, then replay the poison queue
 }
 
 // Patterns have RabbitMQ topic semantics on every transport, including the

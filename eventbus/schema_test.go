@@ -131,7 +131,6 @@ func TestSchemaParse(t *testing.T) {
 
 	cases := map[string]eventbus.Event{
 		"other name":        mk("user.deleted", `{"user_id":"u1","email":"a@example.com"}`),
-		"unknown field":     mk("user.registered", `{"user_id":"u1","email":"a@example.com","admin":true}`),
 		"fails validation":  mk("user.registered", `{"user_id":"","email":"a@example.com"}`),
 		"bad email":         mk("user.registered", `{"user_id":"u1","email":"nope"}`),
 		"wrong JSON type":   mk("user.registered", `{"user_id":1,"email":"a@example.com"}`),
@@ -151,18 +150,41 @@ func TestSchemaParse(t *testing.T) {
 	if _, err := s.Parse(cases["other name"]); err == nil || !strings.Contains(err.Error(), "user.deleted") {
 		t.Errorf("other name: error %v does not name the event", err)
 	}
+	// The validator's own errors stay reachable, and speak JSON names too.
 	var verrs validator.ValidationErrors
-	if _, err := s.Parse(cases["bad email"]); !errors.As(err, &verrs) || verrs[0].Field() != "Email" {
-		t.Errorf("bad email: error %v does not carry the validator's errors", err)
+	if _, err := s.Parse(cases["bad email"]); !errors.As(err, &verrs) || verrs[0].Field() != "email" || verrs[0].Tag() != "email" {
+		t.Errorf("bad email: error %v does not carry the validator's errors with JSON names", err)
+	}
+}
+
+// A schema is a tolerant reader unless Strict: a producer that adds a field
+// must not poison the events of consumers that do not know it yet.
+func TestSchemaTolerantReaderAndStrict(t *testing.T) {
+	newer, err := eventbus.NewEvent("user.registered", "accounts", eventbus.User,
+		json.RawMessage(`{"user_id":"u1","email":"a@example.com","admin":true,"profile":{"nested":[1,2]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := eventbus.MustSchema[userRegistered]("user.registered").Parse(newer)
+	if err != nil || got != (userRegistered{UserID: "u1", Email: "a@example.com"}) {
+		t.Errorf("default schema: Parse of data with unknown fields = %+v, %v; want the known fields and no error", got, err)
 	}
 
-	lenient := eventbus.MustSchema[userRegistered]("user.registered", eventbus.AllowUnknownFields())
-	got, err = lenient.Parse(cases["unknown field"])
-	if err != nil || got.UserID != "u1" {
-		t.Errorf("AllowUnknownFields: Parse = %+v, %v", got, err)
+	strict := eventbus.MustSchema[userRegistered]("user.registered", eventbus.Strict())
+	_, err = strict.Parse(newer)
+	assertValidationError(t, "strict, unknown field", err)
+	assertFields(t, "strict, unknown field", err, eventbus.FieldError{Path: "admin", Rule: "unknown", Message: "unknown field"})
+	if err == nil || !strings.HasSuffix(err.Error(), "is invalid: admin: unknown field") {
+		t.Errorf("strict: error %q does not name the unknown field", err)
 	}
-	_, err = lenient.Parse(cases["fails validation"])
-	assertValidationError(t, "lenient, fails validation", err)
+	// Strict still parses what it knows, and still validates.
+	known, _ := eventbus.NewEvent("user.registered", "accounts", eventbus.User, json.RawMessage(`{"user_id":"u1","email":"a@example.com"}`))
+	if got, err := strict.Parse(known); err != nil || got.UserID != "u1" {
+		t.Errorf("strict: Parse of known fields = %+v, %v", got, err)
+	}
+	invalid, _ := eventbus.NewEvent("user.registered", "accounts", eventbus.User, json.RawMessage(`{"user_id":"","email":"a@example.com"}`))
+	_, err = strict.Parse(invalid)
+	assertFields(t, "strict, invalid", err, eventbus.FieldError{Path: "user_id", Rule: "required", Message: "required"})
 }
 
 func TestSchemaWithValidator(t *testing.T) {
@@ -179,6 +201,12 @@ func TestSchemaWithValidator(t *testing.T) {
 	}
 	_, err := s.NewEvent("s", pair{N: 3}, eventbus.Domain)
 	assertValidationError(t, "odd", err)
+	// A custom rule gets the generic message, under the JSON name, although
+	// v has no tag-name function.
+	assertFields(t, "odd", err, eventbus.FieldError{Path: "n", Rule: "even", Message: `fails the "even" rule`})
+	if _, err := eventbus.NewSchema[pair]("numbers.pair", eventbus.WithValidator(nil)); err == nil {
+		t.Error("WithValidator(nil) accepted")
+	}
 }
 
 func TestSchemaHandler(t *testing.T) {

@@ -289,9 +289,11 @@ func run(ctx context.Context, out io.Writer, url string) (Result, error) {
 	s.res.Rejected = err.Error()
 	fmt.Fprintf(out, "rejected  before publishing: %s\n", oneLine(err.Error()))
 
-	// ...and a producer that bypasses it gets its event poisoned by the
-	// typed handler, at once: invalid data is a permanent failure.
-	invalid, err := eventbus.NewEvent(analysisRequested.Name(), "legacy-importer", eventbus.Domain, map[string]any{"analysis_id": "na-3", "keywords": []string{}})
+	// ...and a producer that bypasses it (stamping the version it means
+	// to write) gets its event poisoned by the typed handler, at once:
+	// invalid data is a permanent failure.
+	invalid, err := eventbus.NewEvent(analysisRequested.Name(), "legacy-importer", eventbus.Domain, map[string]any{"analysis_id": "na-3", "keywords": []string{}},
+		eventbus.WithDataVersion(analysisRequested.Version()))
 	if err != nil {
 		return s.res, err
 	}

@@ -65,7 +65,7 @@ func checkResult(t *testing.T, res Result, out string) {
 	if len(res.Requests) != 2 {
 		t.Fatalf("requests = %v, want na-1 and na-2", res.Requests)
 	}
-	if !strings.Contains(res.Rejected, "'Niche' failed on the 'required' tag") || !strings.Contains(res.Rejected, "'RequestedBy' failed on the 'email' tag") {
+	if !strings.Contains(res.Rejected, "niche: required; requested_by: must be an email address") {
 		t.Errorf("schema rejection = %q, want it to name the missing niche and the bad email", res.Rejected)
 	}
 	if len(res.Completed) != 2 {
@@ -101,7 +101,7 @@ func checkResult(t *testing.T, res Result, out string) {
 		}
 	}
 	p := res.Poisoned
-	if p.Event.ID != res.Invalid || p.Attempts != 1 || p.Subscription != "niche.analysis.requested" || !strings.Contains(p.Error, "'Niche' failed on the 'required' tag") {
+	if p.Event.ID != res.Invalid || p.Attempts != 1 || p.Subscription != "niche.analysis.requested" || !strings.Contains(p.Error, "niche: required") {
 		t.Errorf("poisoned = %s by %s after %d attempts: %s; want the invalid request %s by niche.analysis.requested after 1 attempt", p.Event.ID, p.Subscription, p.Attempts, p.Error, res.Invalid)
 	}
 	for _, line := range []string{

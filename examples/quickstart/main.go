@@ -56,9 +56,12 @@ func run(ctx context.Context, out io.Writer, url string) error {
 
 	// The events are made first so that the handlers can tell them from
 	// events other runs left in a durable broker's queues.
+	// It says which version of the user.registered data it carries, which
+	// the schema handler checks (a versioned schema rejects unversioned
+	// events unless it declares AssumeVersion).
 	ev, err := eventbus.NewEvent("user.registered", "my-service", eventbus.Domain, map[string]string{
 		"user_id": "123", "username": "john_doe", "email": "john.doe@example.com",
-	})
+	}, eventbus.WithDataVersion("1"))
 	if err != nil {
 		return err
 	}
