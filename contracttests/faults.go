@@ -51,7 +51,7 @@ func (e *env) busVia(url, service string) *eventbus.Bus {
 
 // bounded runs f and fails the test unless it returns within d plus
 // faultMargin; it returns f's error and how long it took.
-func (e *env) bounded(what string, d time.Duration, f func(ctx context.Context) error) (error, time.Duration) {
+func (e *env) bounded(what string, d time.Duration, f func(ctx context.Context) error) (time.Duration, error) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
@@ -60,10 +60,10 @@ func (e *env) bounded(what string, d time.Duration, f func(ctx context.Context) 
 	go func() { done <- f(ctx) }()
 	select {
 	case err := <-done:
-		return err, time.Since(start)
+		return time.Since(start), err
 	case <-time.After(d + faultMargin):
 		e.t.Fatalf("%s with a ctx of %v has not returned after %v: calls must return by their ctx's deadline while the broker is down or frozen", what, d, d+faultMargin)
-		return nil, 0
+		return 0, nil
 	}
 }
 
@@ -89,18 +89,18 @@ func testCallsBoundedWhileStalled(e *env) {
 
 	f.Stall()
 	ev := e.event("stall.during", nil)
-	err, took := e.bounded("Publish while the broker is frozen", faultDeadline, func(ctx context.Context) error { return b.Publish(ctx, ev) })
+	took, err := e.bounded("Publish while the broker is frozen", faultDeadline, func(ctx context.Context) error { return b.Publish(ctx, ev) })
 	var pe *eventbus.PublishError
 	if err != nil && (!errors.As(err, &pe) || len(pe.Failed) != 1 || pe.Failed[0].ID != ev.ID) {
 		e.t.Errorf("Publish while frozen: %v; want nil or a *PublishError naming the event", err)
 	}
 	e.t.Logf("Publish while frozen returned after %v: %v", took.Round(time.Millisecond), err)
-	err, _ = e.bounded("Poisoned while the broker is frozen", faultDeadline, func(ctx context.Context) error {
+	_, err = e.bounded("Poisoned while the broker is frozen", faultDeadline, func(ctx context.Context) error {
 		_, err := b.Poisoned(ctx, eventbus.PoisonFilter{})
 		return err
 	})
 	e.t.Logf("Poisoned while frozen: %v", err)
-	err, _ = e.bounded("Replay while the broker is frozen", faultDeadline, func(ctx context.Context) error {
+	_, err = e.bounded("Replay while the broker is frozen", faultDeadline, func(ctx context.Context) error {
 		_, err := b.Replay(ctx, eventbus.PoisonFilter{})
 		return err
 	})
@@ -115,7 +115,7 @@ func testCallsBoundedWhileStalled(e *env) {
 	e.start(c)
 	f.Stall()
 	defer f.Heal()
-	err, took = e.bounded("Close while the broker is frozen", faultDeadline, func(ctx context.Context) error { return c.Close(ctx) })
+	took, err = e.bounded("Close while the broker is frozen", faultDeadline, func(ctx context.Context) error { return c.Close(ctx) })
 	e.t.Logf("Close while frozen returned after %v: %v", took.Round(time.Millisecond), err)
 }
 
@@ -125,11 +125,11 @@ func testCallsBoundedWhileStalled(e *env) {
 func testCallsBoundedWhileDown(e *env) {
 	url, f := e.faulty()
 	f.Cut()
-	err, _ := e.bounded("New while the broker is down", faultDeadline, func(ctx context.Context) error {
+	_, err := e.bounded("New while the broker is down", faultDeadline, func(ctx context.Context) error {
 		b, err := eventbus.New(ctx, eventbus.Config{ServiceName: e.service("down-new"), URL: url, Logger: e.log})
 		if err == nil {
 			_ = b.Close(ctx)
-			return errors.New("New succeeded although the broker is down")
+			return errors.New("the bus opened although the broker is down")
 		}
 		return nil
 	})
@@ -142,12 +142,12 @@ func testCallsBoundedWhileDown(e *env) {
 	r := newRecorder()
 	e.subscribe(b, "down.#", r.handle)
 	f.Cut()
-	err, _ = e.bounded("Start while the broker is down", faultDeadline, func(ctx context.Context) error { return b.Start(ctx) })
+	_, err = e.bounded("Start while the broker is down", faultDeadline, func(ctx context.Context) error { return b.Start(ctx) })
 	if err == nil {
 		e.t.Log("Start succeeded while the broker was down (the transport had the subscription ready)")
 	}
 	ev := e.event("down.during", nil)
-	err, _ = e.bounded("Publish while the broker is down", faultDeadline, func(ctx context.Context) error { return b.Publish(ctx, ev) })
+	_, err = e.bounded("Publish while the broker is down", faultDeadline, func(ctx context.Context) error { return b.Publish(ctx, ev) })
 	if err == nil {
 		e.t.Log("Publish succeeded while the broker was down")
 	}

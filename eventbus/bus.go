@@ -48,7 +48,6 @@ type Bus struct {
 	started    bool
 	closing    bool
 	closed     chan struct{} // closed when Close has finished
-	closeErr   error
 	routerDone chan struct{}
 
 	pubClosed atomic.Bool
@@ -101,7 +100,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 	// Watermill logs its lifecycle at info level; the bus is quiet on the
 	// happy path, so those lines become debug lines.
 	slogger := cfg.Logger.With("service", cfg.ServiceName)
-	wlog := levelGate{watermill.NewSlogLoggerWithLevelMapping(slogger, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}), slogger}
+	wlog := levelGate{watermill.NewSlogLoggerWithLevelMapping(slogger, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}), slogger, b.isClosing}
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 365 * 24 * time.Hour}, wlog)
 	if err != nil {
 		_ = t.Close()
@@ -672,6 +671,20 @@ func (b *Bus) closeSubscribers(ctx context.Context) error {
 type levelGate struct {
 	watermill.LoggerAdapter
 	log *slog.Logger
+	// closing reports whether the bus is closing: the router then logs
+	// at error level that all its handlers stopped, which is what Close
+	// does on purpose.
+	closing func() bool
+}
+
+func (g levelGate) Error(msg string, err error, fields watermill.LogFields) {
+	if msg == "All handlers stopped, closing router" && g.closing() {
+		if g.enabled(slog.LevelDebug) {
+			g.LoggerAdapter.Debug(msg, fields)
+		}
+		return
+	}
+	g.LoggerAdapter.Error(msg, err, fields)
 }
 
 func (g levelGate) enabled(l slog.Level) bool { return g.log.Enabled(context.Background(), l) }
@@ -695,7 +708,7 @@ func (g levelGate) Trace(msg string, fields watermill.LogFields) {
 }
 
 func (g levelGate) With(fields watermill.LogFields) watermill.LoggerAdapter {
-	return levelGate{g.LoggerAdapter.With(fields), g.log}
+	return levelGate{g.LoggerAdapter.With(fields), g.log, g.closing}
 }
 
 // growStack runs first on the router's fresh goroutine for each message.
