@@ -3,7 +3,10 @@
 // other. The eventbus package re-exports every name with its documentation.
 package wire
 
-import "errors"
+import (
+	"errors"
+	"reflect"
+)
 
 // CloudEvents 1.0 binary-mode attribute headers (the Kafka binding's names).
 const (
@@ -68,3 +71,27 @@ type WrappedMessage struct {
 // ErrTooLarge is the error a transport wraps when a message exceeds a
 // limit of its broker; the eventbus package exports it as ErrTooLarge.
 var ErrTooLarge = errors.New("eventbus: message exceeds a broker limit")
+
+// ErrInvalidEvent is wrapped by errors about an event that cannot be
+// published or decoded; the eventbus and driver packages export it.
+var ErrInvalidEvent = errors.New("eventbus: invalid event")
+
+// Distinct returns errs without repeated errors, keeping the first of
+// each. Only comparable errors are compared, as in errors.Is: == on two
+// errors of a slice type (sarama.ProducerErrors) panics.
+func Distinct(errs []error) []error {
+	out := errs[:0:0]
+	for _, err := range errs {
+		dup := false
+		for _, x := range out {
+			if t := reflect.TypeOf(x); t == reflect.TypeOf(err) && (t == nil || t.Comparable()) && x == err {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			out = append(out, err)
+		}
+	}
+	return out
+}
