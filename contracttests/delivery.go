@@ -189,12 +189,9 @@ func (e *env) waitChan(what string, ch <-chan struct{}) {
 // back (the bus's retries hide this path, so it is tested directly).
 func testRedeliveryAfterNack(e *env) {
 	svc := e.service("nack")
-	tr, err := eventbus.OpenTransport(e.ctx(), eventbus.Config{ServiceName: svc, URL: e.url})
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	tr := e.transport(svc)
 	defer tr.Close()
-	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: svc + ".nacks", Service: svc, Subscription: "nacks", Concurrency: 1})
+	sub, err := tr.NewSubscriber(subscriberConfig(svc, "nacks", "nack.#", 1))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -228,11 +225,8 @@ func testRedeliveryAfterNack(e *env) {
 // the next instance of the subscription gets it.
 func testRedeliveryAfterCrash(e *env) {
 	svc := e.service("crash")
-	tr, err := eventbus.OpenTransport(e.ctx(), eventbus.Config{ServiceName: svc, URL: e.url})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: svc + ".crashy", Service: svc, Subscription: "crashy", Concurrency: 1})
+	tr := e.transport(svc)
+	sub, err := tr.NewSubscriber(subscriberConfig(svc, "crashy", "crash.test", 1))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -324,7 +318,7 @@ func testConcurrentPublishers(e *env) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				ev, err := eventbus.NewEvent(fmt.Sprintf("conc.g%d", g), "contract-tests", eventbus.Domain, map[string]int{"i": i})
+				ev, err := eventbus.NewEvent(fmt.Sprintf("conc.g%d", g), map[string]int{"i": i}, eventbus.WithSource("contract-tests"))
 				if err != nil {
 					errs <- err
 					return

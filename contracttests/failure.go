@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // countingHandler counts its calls and returns err on each.
@@ -36,9 +37,9 @@ func testRetriesThenPoison(e *env) {
 	}
 	if p.Reason != "retries-exhausted" || p.Attempts != fastPolicy.MaxAttempts || p.Subscription != "failing-sub" ||
 		p.Pattern != "always.fails" || !strings.Contains(p.Error, "database is down") ||
-		p.Headers[eventbus.HeaderPoisonService] != e.service("exhaust") {
+		p.Headers[driver.HeaderPoisonService] != e.service("exhaust") {
 		e.t.Errorf("poison record: reason %q attempts %d subscription %q pattern %q error %q service %q",
-			p.Reason, p.Attempts, p.Subscription, p.Pattern, p.Error, p.Headers[eventbus.HeaderPoisonService])
+			p.Reason, p.Attempts, p.Subscription, p.Pattern, p.Error, p.Headers[driver.HeaderPoisonService])
 	}
 	if p.FirstFailure.Before(before) || p.LastFailure.Before(p.FirstFailure) {
 		e.t.Errorf("failure times: first %v, last %v", p.FirstFailure, p.LastFailure)
@@ -166,7 +167,7 @@ func testPurge(e *env) {
 func testCorrelation(e *env) {
 	a, bb := e.bus("corr-a"), e.bus("corr-b")
 	e.subscribe(a, "step.one", func(ctx context.Context, ev eventbus.Event) error {
-		next, err := eventbus.NewEvent("step.two", "corr-a", eventbus.Domain, map[string]string{"from": ev.ID})
+		next, err := eventbus.NewEvent("step.two", map[string]string{"from": ev.ID}, eventbus.WithSource("corr-a"))
 		if err != nil {
 			return err
 		}
@@ -232,7 +233,7 @@ func testIdempotency(e *env) {
 // testRetryDelays: the delays between handler calls are the configured
 // exponential backoff.
 func testRetryDelays(e *env) {
-	pol := eventbus.Policy{MaxAttempts: 4, InitialBackoff: 60 * time.Millisecond, Multiplier: 2, MaxBackoff: time.Second, Jitter: 1e-9}
+	pol := eventbus.Policy{MaxAttempts: 4, InitialBackoff: 60 * time.Millisecond, Multiplier: 2, MaxBackoff: time.Second, Jitter: eventbus.NoJitter}
 	b := e.busWith(eventbus.Config{ServiceName: e.service("delays"), Policy: pol})
 	var mu sync.Mutex
 	var calls []time.Time

@@ -13,20 +13,21 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // poisonRecord makes a message as the poison middleware stores it: its own
 // record ID, the event's UUID and the subscription that failed it.
 func poisonRecord(uuidStr, sub string) *message.Message {
 	m := message.NewMessage(uuidStr, []byte(`{}`))
-	m.Metadata.Set(eventbus.HeaderPoisonID, uuid.NewString())
-	m.Metadata.Set(eventbus.HeaderPoisonSubscription, sub)
-	m.Metadata.Set(eventbus.HeaderPoisonReason, "permanent")
+	m.Metadata.Set(driver.HeaderPoisonID, uuid.NewString())
+	m.Metadata.Set(driver.HeaderPoisonSubscription, sub)
+	m.Metadata.Set(driver.HeaderPoisonReason, "permanent")
 	return m
 }
 
 func recordLabel(m *message.Message) string {
-	return m.UUID + "@" + m.Metadata.Get(eventbus.HeaderPoisonSubscription)
+	return m.UUID + "@" + m.Metadata.Get(driver.HeaderPoisonSubscription)
 }
 
 // testPoisonQueueScan drives the transport's poison queue directly: Scan
@@ -36,11 +37,7 @@ func recordLabel(m *message.Message) string {
 // queue.
 func testPoisonQueueScan(e *env) {
 	ctx := e.ctx()
-	tr, err := eventbus.OpenTransport(ctx, eventbus.Config{ServiceName: e.service("pq"), URL: e.url, Logger: e.log})
-	if err != nil {
-		e.t.Fatalf("OpenTransport: %v", err)
-	}
-	defer tr.Close()
+	tr := e.transport(e.service("pq"))
 	pq, err := tr.PoisonQueue()
 	if err != nil {
 		e.t.Fatalf("PoisonQueue: %v", err)
@@ -96,7 +93,7 @@ func testPoisonQueueScan(e *env) {
 			add(late)
 		}
 		for i, m := range page {
-			if m.Metadata.Get(eventbus.HeaderPoisonID) == a1.Metadata.Get(eventbus.HeaderPoisonID) {
+			if m.Metadata.Get(driver.HeaderPoisonID) == a1.Metadata.Get(driver.HeaderPoisonID) {
 				return []int{i}, nil
 			}
 		}

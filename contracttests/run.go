@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // Run runs the whole suite against the transport the harness reaches. Each
@@ -172,15 +173,15 @@ func (e *env) ctx() context.Context {
 func (e *env) service(name string) string { return e.prefix + "-" + name }
 
 // bus opens a bus for the service and closes it when the test ends.
-func (e *env) bus(service string, opts ...eventbus.Option) *eventbus.Bus {
-	return e.busWith(eventbus.Config{ServiceName: e.service(service)}, opts...)
+func (e *env) bus(service string) *eventbus.Bus {
+	return e.busWith(eventbus.Config{ServiceName: e.service(service)})
 }
 
 // fastPolicy retries quickly, so failure tests do not wait for the
 // default backoff.
-var fastPolicy = eventbus.Policy{MaxAttempts: 3, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Jitter: 1e-9}
+var fastPolicy = eventbus.Policy{MaxAttempts: 3, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Jitter: eventbus.NoJitter}
 
-func (e *env) busWith(cfg eventbus.Config, opts ...eventbus.Option) *eventbus.Bus {
+func (e *env) busWith(cfg eventbus.Config) *eventbus.Bus {
 	e.t.Helper()
 	cfg.URL = e.url
 	if cfg.Logger == nil {
@@ -189,9 +190,9 @@ func (e *env) busWith(cfg eventbus.Config, opts ...eventbus.Option) *eventbus.Bu
 	if cfg.Policy == (eventbus.Policy{}) {
 		cfg.Policy = fastPolicy
 	}
-	b, err := eventbus.New(e.ctx(), cfg, opts...)
+	b, err := eventbus.New(e.ctx(), cfg)
 	if err != nil {
-		e.t.Fatalf("New(%s): %v", eventbus.RedactURL(e.url), err)
+		e.t.Fatalf("New(%s): %v", driver.RedactURL(e.url), err)
 	}
 	e.t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), e.timeout)
@@ -199,6 +200,28 @@ func (e *env) busWith(cfg eventbus.Config, opts ...eventbus.Option) *eventbus.Bu
 		_ = b.Close(ctx)
 	})
 	return b
+}
+
+// transport opens the transport for service directly, without a bus, for
+// the tests that check what the bus would hide; it is closed when the test
+// ends (closing it again is harmless).
+func (e *env) transport(service string) driver.Transport {
+	e.t.Helper()
+	tr, err := driver.Open(e.ctx(), e.url, driver.Config{ServiceName: service, Logger: e.log})
+	if err != nil {
+		e.t.Fatalf("opening the transport: %v", err)
+	}
+	e.t.Cleanup(func() { _ = tr.Close() })
+	return tr
+}
+
+// subscriberConfig is the configuration of a subscription of service to
+// pattern under the name sub, as the bus would make it.
+func subscriberConfig(service, sub, pattern string, concurrency int) driver.SubscriberConfig {
+	return driver.SubscriberConfig{
+		Group: service + "." + sub, Service: service, Subscription: sub,
+		Pattern: pattern, Match: eventbus.MustCompilePattern(pattern).Match, Concurrency: concurrency,
+	}
 }
 
 func (e *env) subscribe(b *eventbus.Bus, pattern string, h eventbus.Handler, opts ...eventbus.SubscribeOption) {
@@ -228,7 +251,7 @@ func (e *env) event(name string, data any, opts ...eventbus.EventOption) eventbu
 	if data == nil {
 		data = map[string]string{"test": e.t.Name()}
 	}
-	ev, err := eventbus.NewEvent(name, "contract-tests", eventbus.Domain, data, opts...)
+	ev, err := eventbus.NewEvent(name, data, append([]eventbus.EventOption{eventbus.WithSource("contract-tests")}, opts...)...)
 	if err != nil {
 		e.t.Fatalf("NewEvent(%q): %v", name, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
 
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/wire"
 	"github.com/paissive/go-eventbus/middleware"
 )
@@ -25,10 +27,9 @@ import (
 type Bus struct {
 	cfg       Config
 	log       *slog.Logger
-	transport Transport
+	transport driver.Transport
 	pub       message.Publisher
 	router    *message.Router
-	userMW    []message.HandlerMiddleware
 	idem      middleware.IdempotencyStore
 
 	// runCtx lives as long as the bus; the router's subscriptions hang off it.
@@ -57,43 +58,22 @@ type subscription struct {
 	name        string
 	group       string
 	pattern     Pattern
-	handler     Handler
+	handler     Handler // the user's, inside the middleware
 	concurrency int
 	policy      Policy
 	subscriber  message.Subscriber
-	timeout     time.Duration // HandlerTimeout option, applied over policy
-	middleware  []message.HandlerMiddleware
-}
-
-// Option configures a bus beyond its Config.
-type Option func(*Bus)
-
-// WithMiddleware adds Watermill middleware to every subscription, inside the
-// bus's failure-policy middleware and around the handler.
-func WithMiddleware(m ...message.HandlerMiddleware) Option {
-	return func(b *Bus) { b.userMW = append(b.userMW, m...) }
-}
-
-// WithIdempotencyStore sets the store used by subscriptions whose policy has
-// an IdempotencyWindow. The default is an in-process LRU of 100,000 IDs
-// (middleware.NewMemoryIdempotencyStore); pass a shared store (Redis, SQL)
-// when several instances must recognise each other's work.
-func WithIdempotencyStore(s middleware.IdempotencyStore) Option {
-	return func(b *Bus) { b.idem = s }
+	middleware  []Middleware
 }
 
 // New connects to the transport cfg.URL names and returns a bus. ctx bounds
 // the connection attempt only; the bus lives until Close.
-func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
+func New(ctx context.Context, cfg Config) (*Bus, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	b := &Bus{cfg: cfg, log: cfg.Logger, subs: make(map[string]*subscription), closed: make(chan struct{})}
-	for _, o := range opts {
-		o(b)
-	}
-	t, err := OpenTransport(ctx, cfg)
+	b := &Bus{cfg: cfg, log: cfg.Logger, idem: cfg.IdempotencyStore, subs: make(map[string]*subscription), closed: make(chan struct{})}
+	t, err := driver.Open(ctx, cfg.URL, driver.Config{ServiceName: cfg.ServiceName, Logger: cfg.Logger, TLS: cfg.TLS})
 	if err != nil {
 		return nil, err
 	}
@@ -115,9 +95,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Bus, error) {
 // ServiceName returns the service the bus belongs to.
 func (b *Bus) ServiceName() string { return b.cfg.ServiceName }
 
-// Transport returns the bus's transport, for tests and tools that need the
-// raw publisher or subscriber.
-func (b *Bus) Transport() Transport { return b.transport }
+// Transport returns the bus's transport, for tools that need what only
+// the broker's driver offers (its raw publisher, an optional capability).
+func (b *Bus) Transport() driver.Transport { return b.transport }
 
 func (b *Bus) isClosing() bool {
 	b.mu.Lock()
@@ -146,10 +126,13 @@ func (b *Bus) Subscribe(pattern string, handler Handler, opts ...SubscribeOption
 			return err
 		}
 	}
-	if s.timeout > 0 {
-		s.policy.HandlerTimeout = s.timeout
-	}
 	s.group = b.cfg.ServiceName + "." + s.name
+	// The bus's middleware outermost, then the subscription's, in the
+	// order given.
+	mw := append(slices.Clone(b.cfg.Middleware), s.middleware...)
+	for i := len(mw) - 1; i >= 0; i-- {
+		s.handler = mw[i](s.handler)
+	}
 
 	b.setupMu.Lock()
 	defer b.setupMu.Unlock()
@@ -231,9 +214,9 @@ func (b *Bus) subscribe(ctx context.Context, s *subscription) (<-chan *message.M
 }
 
 func (b *Bus) newSubscriber(s *subscription) error {
-	sub, err := b.transport.NewSubscriber(SubscriberConfig{
+	sub, err := b.transport.NewSubscriber(driver.SubscriberConfig{
 		Group: s.group, Service: b.cfg.ServiceName, Subscription: s.name,
-		Pattern: s.pattern.String(), Concurrency: s.concurrency,
+		Pattern: s.pattern.String(), Match: s.pattern.Match, Concurrency: s.concurrency,
 	})
 	if err != nil {
 		return fmt.Errorf("eventbus: subscribing %s to %q: %w", s.group, s.pattern, err)
@@ -280,13 +263,12 @@ func (b *Bus) pipeline(s *subscription) []message.HandlerMiddleware {
 	mw = append(mw,
 		middleware.Retry{
 			MaxAttempts: pol.MaxAttempts, InitialInterval: pol.InitialBackoff, Multiplier: pol.Multiplier,
-			MaxInterval: pol.MaxBackoff, RandomizationFactor: pol.Jitter, MaxElapsedTime: pol.MaxElapsed, Logger: b.log,
+			MaxInterval: pol.MaxBackoff, RandomizationFactor: max(pol.Jitter, 0), MaxElapsedTime: pol.MaxElapsed, Logger: b.log,
 		}.Middleware,
 		middleware.Timeout(pol.HandlerTimeout),
 		middleware.Recoverer,
 	)
-	mw = append(mw, b.userMW...)
-	return append(mw, s.middleware...)
+	return mw
 }
 
 // undecodableError marks a message that is not a valid event.
@@ -321,7 +303,7 @@ func (e *misroutedError) Is(t error) bool      { return t == ErrPermanent }
 // route by name filter before they deliver.)
 func (b *Bus) consume(s *subscription) message.NoPublishHandlerFunc {
 	return func(msg *message.Message) error {
-		ev, err := DecodeMessage(msg)
+		ev, err := decode(msg)
 		if err != nil {
 			return &undecodableError{err: err}
 		}
@@ -500,6 +482,9 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 		if e.Source == "" {
 			e.Source = b.cfg.ServiceName
 		}
+		if e.Type == 0 {
+			e.Type = Domain
+		}
 		if inHandler {
 			if e.CorrelationID == "" {
 				e.CorrelationID = trace.CorrelationID
@@ -511,10 +496,10 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 		if e.CorrelationID == "" {
 			e.CorrelationID = e.ID
 		}
-		if err := e.Validate(); err != nil {
+		if err := e.validate(false); err != nil {
 			return fmt.Errorf("eventbus: publish: event %d of %d: %w (nothing was published)", i+1, len(events), err)
 		}
-		msg := EncodeMessage(e)
+		msg := encode(e)
 		msg.SetContext(ctx)
 		msgs[i] = msg
 	}
@@ -536,15 +521,22 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 	return nil
 }
 
-// appendFailures records which of msgs failed: those a *PublishError names,
-// or all of them for any other error.
+// appendFailures records which of msgs failed: those a transport's
+// *driver.PublishError names, or all of them for any other error.
 func appendFailures(failed []FailedEvent, msgs []*message.Message, err error) []FailedEvent {
-	var pe *PublishError
-	if errors.As(err, &pe) {
-		return append(failed, pe.Failed...)
+	var pe *driver.PublishError
+	if !errors.As(err, &pe) {
+		for _, m := range msgs {
+			failed = append(failed, FailedEvent{ID: m.UUID, Name: m.Metadata[wire.Type], Err: err})
+		}
+		return failed
 	}
+	names := make(map[string]string, len(msgs))
 	for _, m := range msgs {
-		failed = append(failed, FailedEvent{ID: m.UUID, Name: m.Metadata[wire.Type], Err: err})
+		names[m.UUID] = m.Metadata[wire.Type]
+	}
+	for _, f := range pe.Failed {
+		failed = append(failed, FailedEvent{ID: f.UUID, Name: names[f.UUID], Err: f.Err})
 	}
 	return failed
 }

@@ -66,7 +66,7 @@ func TestPublishRejectsInvalidEventsBeforeSending(t *testing.T) {
 	if err := b.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	good, _ := eventbus.NewEvent("check.good", "svc", eventbus.Domain, nil)
+	good, _ := eventbus.NewEvent("check.good", nil, eventbus.WithSource("svc"))
 	bad := good
 	bad.ID = ""
 	bad.Name = "check..bad"
@@ -75,7 +75,7 @@ func TestPublishRejectsInvalidEventsBeforeSending(t *testing.T) {
 		t.Fatalf("Publish with an invalid second event: got %v", err)
 	}
 	// The good event was not sent either: a later event arrives first.
-	later, _ := eventbus.NewEvent("check.later", "svc", eventbus.Domain, nil)
+	later, _ := eventbus.NewEvent("check.later", nil, eventbus.WithSource("svc"))
 	if err := b.Publish(context.Background(), later); err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestNewErrors(t *testing.T) {
 	if _, err := eventbus.New(ctx, eventbus.Config{ServiceName: "a b", URL: "mem://"}); err == nil {
 		t.Error("New with a space in the service name succeeded")
 	}
-	_, err := eventbus.New(ctx, eventbus.Config{ServiceName: "s", URL: "nats://user:hunter2@localhost:4222"})
+	_, err := eventbus.New(ctx, eventbus.Config{ServiceName: "s", URL: "zmq://user:hunter2@localhost:4222"})
 	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "registered schemes") {
 		t.Errorf("New with an unknown scheme: %v", err)
 	}
@@ -143,14 +143,14 @@ func TestHandlerTimeoutCancelsEachAttempt(t *testing.T) {
 		<-ctx.Done()
 		attempts <- ctx.Err()
 		return ctx.Err()
-	}, eventbus.HandlerTimeout(20*time.Millisecond), eventbus.WithPolicy(eventbus.Policy{MaxAttempts: 2, InitialBackoff: time.Millisecond, Jitter: 1e-9}))
+	}, eventbus.WithPolicy(eventbus.Policy{MaxAttempts: 2, InitialBackoff: time.Millisecond, Jitter: eventbus.NoJitter, HandlerTimeout: 20 * time.Millisecond}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ev, _ := eventbus.NewEvent("slow.call", "timeouts", eventbus.Domain, nil)
+	ev, _ := eventbus.NewEvent("slow.call", nil, eventbus.WithSource("timeouts"))
 	if err := b.Publish(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}

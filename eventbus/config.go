@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"strings"
+
+	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/middleware"
 )
 
 // DefaultURL is the broker used when Config.URL is empty: RabbitMQ on the
@@ -40,6 +42,19 @@ type Config struct {
 	// Policy is the failure policy: retries, backoff, timeout and poison.
 	// Its zero value means [DefaultPolicy].
 	Policy Policy
+
+	// Middleware wraps every subscription's handler, outermost first,
+	// inside the bus's failure policy (so it runs once per attempt) and
+	// outside the subscription's own middleware (see [Use]). Cross-cutting
+	// code (authorisation, tenancy, custom metrics) goes here rather than
+	// into each handler.
+	Middleware []Middleware
+
+	// IdempotencyStore is the store used by subscriptions whose policy has
+	// an IdempotencyWindow. Nil means an in-process LRU of 100,000 IDs;
+	// pass a shared store (Redis, SQL) when several instances must
+	// recognise each other's work.
+	IdempotencyStore middleware.IdempotencyStore
 }
 
 // ConfigFromEnv reads EVENTBUS_SERVICE and EVENTBUS_URL.
@@ -73,46 +88,13 @@ func (c Config) validate() error {
 	return c.Policy.validate()
 }
 
-// RedactURL returns rawURL with any password, and any query parameter whose
-// name mentions a password, secret, token or key, replaced by "xxxxx", for
-// logs and errors. Text that does not parse as a URL, or parses as an opaque URL
-// (no "//" after the scheme), is hidden entirely after its scheme, since it
-// may still hold a secret.
-func RedactURL(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		if i := strings.Index(rawURL, "://"); i >= 0 {
-			return rawURL[:i+3] + "(unparsable URL hidden)"
-		}
-		return "(unparsable URL hidden)"
-	}
-	if u.Opaque != "" {
-		// "amqp:user:pass@host" or "user:pass@host:5672" (no "//") parse
-		// with the password in the opaque part, which Redacted keeps.
-		return u.Scheme + ":(opaque URL hidden)"
-	}
-	if u.RawQuery != "" {
-		q := u.Query()
-		for k := range q {
-			lk := strings.ToLower(k)
-			for _, secret := range []string{"pass", "secret", "token", "key"} {
-				if strings.Contains(lk, secret) {
-					q.Set(k, "xxxxx")
-				}
-			}
-		}
-		u.RawQuery = q.Encode()
-	}
-	return u.Redacted()
-}
-
 // Format prints the configuration with the URL's password and secret-looking
-// query parameters redacted (see [RedactURL]), for every verb, so that
+// query parameters redacted , for every verb, so that
 // fmt.Printf("%+v", cfg) and log lines never show a broker password.
 func (c Config) Format(f fmt.State, verb rune) {
 	type plain Config // without methods: formatted field by field
 	p := plain(c)
-	p.URL = RedactURL(c.URL)
+	p.URL = driver.RedactURL(c.URL)
 	if c.URL == "" {
 		p.URL = ""
 	}
@@ -127,7 +109,7 @@ func (c Config) Format(f fmt.State, verb rune) {
 func (c Config) LogValue() slog.Value {
 	url := ""
 	if c.URL != "" {
-		url = RedactURL(c.URL)
+		url = driver.RedactURL(c.URL)
 	}
 	return slog.GroupValue(
 		slog.String("service", c.ServiceName),

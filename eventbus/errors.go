@@ -3,25 +3,30 @@ package eventbus
 import (
 	"errors"
 	"fmt"
-	"reflect"
 	"strings"
 
+	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/names"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
+// The errors every transport reports alike (they are the driver
+// package's values, so errors.Is matches whatever the broker), and the
+// bus's own.
 var (
-	// ErrClosed is returned by every Bus method called after Close.
-	ErrClosed = errors.New("eventbus: bus is closed")
+	// ErrClosed is returned by every Bus method called after Close, and by
+	// a transport used after it closed.
+	ErrClosed = driver.ErrClosed
 
 	// ErrInvalidName is wrapped by every error about a malformed event name.
-	ErrInvalidName = errors.New("eventbus: invalid event name")
+	ErrInvalidName = names.ErrInvalidName
 
 	// ErrInvalidPattern is wrapped by every error about a malformed pattern.
-	ErrInvalidPattern = errors.New("eventbus: invalid pattern")
+	ErrInvalidPattern = names.ErrInvalidPattern
 
 	// ErrInvalidEvent is wrapped by errors about an event that cannot be
 	// published or decoded (missing ID, unknown type, data that is not JSON).
-	ErrInvalidEvent = errors.New("eventbus: invalid event")
+	ErrInvalidEvent = driver.ErrInvalidEvent
 
 	// ErrPermanent marks errors that retrying cannot fix. Test for it with
 	// errors.Is; create such errors with [Permanent].
@@ -29,17 +34,17 @@ var (
 
 	// ErrUnroutable is wrapped by a publish error when the broker reports that
 	// no subscription matched an event, so nobody would ever receive it.
-	ErrUnroutable = errors.New("eventbus: no subscription matches the event")
+	ErrUnroutable = driver.ErrUnroutable
 
 	// ErrTooLarge is wrapped by the error for an event or poison record
 	// that exceeds a limit of the broker (a header table larger than the
 	// AMQP frame, a record larger than Kafka's max_message_bytes). The
 	// error names the limit; only that event fails.
-	ErrTooLarge = wire.ErrTooLarge
+	ErrTooLarge = driver.ErrTooLarge
 
 	// ErrUnsupported is returned when a transport lacks an optional
 	// capability (for example a poison queue).
-	ErrUnsupported = errors.New("eventbus: not supported by this transport")
+	ErrUnsupported = driver.ErrUnsupported
 )
 
 // Permanent marks err as permanent: the bus does not retry the handler and
@@ -99,22 +104,11 @@ func (e *PublishError) Error() string {
 // Unwrap returns the distinct causes, so errors.Is(err, context.Canceled)
 // and errors.Is(err, ErrUnroutable) work on a PublishError.
 func (e *PublishError) Unwrap() []error {
-	var errs []error
-	for _, f := range e.Failed {
-		dup := false
-		for _, x := range errs {
-			// Only comparable errors can be compared, as in errors.Is: ==
-			// on two errors of a slice type (sarama.ProducerErrors) panics.
-			if t := reflect.TypeOf(x); t == reflect.TypeOf(f.Err) && (t == nil || t.Comparable()) && x == f.Err {
-				dup = true
-				break
-			}
-		}
-		if !dup {
-			errs = append(errs, f.Err)
-		}
+	errs := make([]error, len(e.Failed))
+	for i, f := range e.Failed {
+		errs[i] = f.Err
 	}
-	return errs
+	return wire.Distinct(errs)
 }
 
 // IDs returns the IDs of the failed events, in the order they were given.

@@ -7,19 +7,22 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/paissive/go-eventbus/internal/names"
 )
 
 // Event is the envelope the bus carries. Data holds the payload as JSON; the
-// other fields travel as CloudEvents attributes (see [EncodeMessage]).
+// other fields travel as CloudEvents attributes ("ce_" headers).
 type Event struct {
 	// ID is unique per event; redeliveries and replays keep it.
 	ID string
 	// Name is the hierarchical, dot-separated event name that patterns
 	// match, such as "user.registered" (the CloudEvents "type").
 	Name string
-	// Source names the service that produced the event.
+	// Source names the service that produced the event; Publish sets the
+	// bus's service name when it is empty.
 	Source string
-	// Type classifies the event.
+	// Type classifies the event; Publish sets [Domain] when it is zero.
 	Type EventType
 	// Time is when the event happened, in UTC.
 	Time time.Time
@@ -49,8 +52,16 @@ func (e *Event) dataChecked() bool {
 	return len(e.Data) == len(e.checked) && (len(e.Data) == 0 || &e.Data[0] == &e.checked[0])
 }
 
-// EventOption sets an optional field of an event made by [NewEvent].
+// EventOption sets an optional field of an event made by [NewEvent] or
+// [Schema.NewEvent].
 type EventOption func(*Event)
+
+// WithSource sets the producing service; by default [Bus.Publish] sets
+// the bus's service name.
+func WithSource(source string) EventOption { return func(e *Event) { e.Source = source } }
+
+// WithType sets the kind of event; the default is [Domain].
+func WithType(t EventType) EventOption { return func(e *Event) { e.Type = t } }
 
 // WithID overrides the generated ID, for example to make publishing
 // idempotent with an ID derived from the business key.
@@ -59,16 +70,15 @@ func WithID(id string) EventOption { return func(e *Event) { e.ID = id } }
 // WithTime overrides the event time (converted to UTC).
 func WithTime(t time.Time) EventOption { return func(e *Event) { e.Time = t.UTC() } }
 
-// WithCorrelationID sets the correlation ID.
+// WithCorrelationID sets the correlation ID. Events published from a
+// handler inherit the handled event's correlation ID without it.
 func WithCorrelationID(id string) EventOption { return func(e *Event) { e.CorrelationID = id } }
-
-// WithCausationID sets the causation ID.
-func WithCausationID(id string) EventOption { return func(e *Event) { e.CausationID = id } }
 
 // WithPartitionKey sets the partition key.
 func WithPartitionKey(key string) EventOption { return func(e *Event) { e.PartitionKey = key } }
 
-// WithDataVersion sets the schema version of the data.
+// WithDataVersion sets the schema version of the data; [Schema.NewEvent]
+// sets its schema's version.
 func WithDataVersion(v string) EventOption { return func(e *Event) { e.DataVersion = v } }
 
 // WithMetadata adds one metadata pair.
@@ -81,28 +91,32 @@ func WithMetadata(key, value string) EventOption {
 	}
 }
 
-// NewEvent creates an event with a fresh UUID and the current UTC time.
-// data is marshalled to JSON; a json.RawMessage or []byte is taken as JSON
-// as it is. The name must be valid (see [ValidateName]) and the type one of
-// the five kinds.
-func NewEvent(name, source string, typ EventType, data any, opts ...EventOption) (Event, error) {
+// NewEvent creates an event named name (see [Pattern] for the rules) with
+// a fresh UUID, the current UTC time, and data marshalled to JSON (a
+// json.RawMessage or []byte is taken as JSON as it is).
+//
+// The source and the kind are optional: Publish fills in the bus's service
+// name as the source, and the kind defaults to [Domain], the business facts
+// most events record. (The original made both positional; every event
+// paid for two arguments that are nearly always the same.) Invalid names
+// and data that is not JSON are an error here, before anything is sent.
+func NewEvent(name string, data any, opts ...EventOption) (Event, error) {
 	raw, err := marshalData(data)
 	if err != nil {
 		return Event{}, err
 	}
 	e := Event{
-		ID:     uuid.NewString(),
-		Name:   name,
-		Source: source,
-		Type:   typ,
-		Time:   time.Now().UTC(),
-		Data:   raw,
+		ID:   uuid.NewString(),
+		Name: name,
+		Type: Domain,
+		Time: time.Now().UTC(),
+		Data: raw,
 	}
 	e.checked = raw
 	for _, o := range opts {
 		o(&e)
 	}
-	if err := e.Validate(); err != nil {
+	if err := e.validate(true); err != nil {
 		return Event{}, err
 	}
 	return e, nil
@@ -131,19 +145,21 @@ func checkRaw(d []byte) (json.RawMessage, error) {
 	return json.RawMessage(bytes.Clone(d)), nil
 }
 
-// Validate reports whether the event can be published: a non-empty ID, a
-// valid name, a source, one of the five types, and JSON data.
-func (e *Event) Validate() error {
+// validate reports whether the event can be published: a non-empty ID, a
+// valid name, one of the five types (or, when partial, none yet), a
+// source (unless partial), and JSON data. Publish fills the source and the
+// type before it validates; NewEvent validates what it was given.
+func (e *Event) validate(partial bool) error {
 	if e.ID == "" {
 		return fmt.Errorf("%w: %q has an empty ID", ErrInvalidEvent, e.Name)
 	}
-	if err := ValidateName(e.Name); err != nil {
+	if err := names.Validate(e.Name); err != nil {
 		return err
 	}
-	if e.Source == "" {
+	if e.Source == "" && !partial {
 		return fmt.Errorf("%w: %s (%s) has an empty Source", ErrInvalidEvent, e.Name, e.ID)
 	}
-	if !e.Type.Valid() {
+	if !e.Type.valid() && !(partial && e.Type == 0) {
 		return fmt.Errorf("%w: %s (%s) has type %s; use Domain, Integration, System, User or Notification", ErrInvalidEvent, e.Name, e.ID, e.Type)
 	}
 	if len(e.Data) > 0 && !e.dataChecked() && !json.Valid(e.Data) {

@@ -1,6 +1,7 @@
 package eventbus_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -26,9 +27,6 @@ func TestEventTypeString(t *testing.T) {
 	for typ, s := range want {
 		if got := typ.String(); got != s {
 			t.Errorf("EventType(%d).String() = %q, want %q", uint8(typ), got, s)
-		}
-		if valid := !strings.HasPrefix(s, "EventType("); typ.Valid() != valid {
-			t.Errorf("EventType(%d).Valid() = %v, want %v", uint8(typ), typ.Valid(), valid)
 		}
 	}
 }
@@ -131,7 +129,7 @@ type signup struct {
 
 func TestNewEvent(t *testing.T) {
 	before := time.Now()
-	ev, err := eventbus.NewEvent("user.registered", "accounts", eventbus.User, signup{Email: "a@example.com"})
+	ev, err := eventbus.NewEvent("user.registered", signup{Email: "a@example.com"}, eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User))
 	after := time.Now()
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +153,7 @@ func TestNewEvent(t *testing.T) {
 		t.Errorf("optional fields set without options: %+v", ev)
 	}
 
-	ev2, err := eventbus.NewEvent("user.registered", "accounts", eventbus.User, nil)
+	ev2, err := eventbus.NewEvent("user.registered", nil, eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,22 +167,13 @@ func TestNewEvent(t *testing.T) {
 
 func TestNewEventOptions(t *testing.T) {
 	at := time.Date(2024, 2, 29, 23, 30, 0, 123456789, time.FixedZone("X", -5*3600))
-	ev, err := eventbus.NewEvent("order.placed", "shop", eventbus.Domain, json.RawMessage(`{"n": 1}`),
-		eventbus.WithID("order-42"),
-		eventbus.WithTime(at),
-		eventbus.WithCorrelationID("corr"),
-		eventbus.WithCausationID("cause"),
-		eventbus.WithPartitionKey("customer-7"),
-		eventbus.WithDataVersion("2.1"),
-		eventbus.WithMetadata("tenant", "acme"),
-		eventbus.WithMetadata("région", "ünïcode"),
-	)
+	ev, err := eventbus.NewEvent("order.placed", json.RawMessage(`{"n": 1}`), eventbus.WithSource("shop"), eventbus.WithID("order-42"), eventbus.WithTime(at), eventbus.WithCorrelationID("corr"), eventbus.WithPartitionKey("customer-7"), eventbus.WithDataVersion("2.1"), eventbus.WithMetadata("tenant", "acme"), eventbus.WithMetadata("région", "ünïcode"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := eventbus.Event{
 		ID: "order-42", Name: "order.placed", Source: "shop", Type: eventbus.Domain,
-		Time: at.UTC(), DataVersion: "2.1", CorrelationID: "corr", CausationID: "cause",
+		Time: at.UTC(), DataVersion: "2.1", CorrelationID: "corr",
 		PartitionKey: "customer-7", Metadata: map[string]string{"tenant": "acme", "région": "ünïcode"},
 		Data: json.RawMessage(`{"n": 1}`),
 	}
@@ -193,12 +182,12 @@ func TestNewEventOptions(t *testing.T) {
 		t.Errorf("WithTime: Time = %v (%v), want %v in UTC", ev.Time, ev.Time.Location(), at)
 	}
 	// []byte is taken as JSON too.
-	ev, err = eventbus.NewEvent("a", "s", eventbus.System, []byte(`[1,2]`))
+	ev, err = eventbus.NewEvent("a", []byte(`[1,2]`), eventbus.WithSource("s"), eventbus.WithType(eventbus.System))
 	if err != nil || string(ev.Data) != "[1,2]" {
 		t.Errorf("NewEvent with []byte = %s, %v", ev.Data, err)
 	}
 	// A string is marshalled, not taken as JSON.
-	ev, err = eventbus.NewEvent("a", "s", eventbus.System, "[1,2]")
+	ev, err = eventbus.NewEvent("a", "[1,2]", eventbus.WithSource("s"), eventbus.WithType(eventbus.System))
 	if err != nil || string(ev.Data) != `"[1,2]"` {
 		t.Errorf("NewEvent with string = %s, %v", ev.Data, err)
 	}
@@ -218,9 +207,7 @@ func TestNewEventInvalid(t *testing.T) {
 		{"empty name", "", "s", eventbus.Domain, nil, nil, eventbus.ErrInvalidName, "empty"},
 		{"wildcard name", "user.*", "s", eventbus.Domain, nil, nil, eventbus.ErrInvalidName, `"*"`},
 		{"bad segment", "user..x", "s", eventbus.Domain, nil, nil, eventbus.ErrInvalidName, "segment 2"},
-		{"zero type", "a", "s", 0, nil, nil, eventbus.ErrInvalidEvent, "EventType(0)"},
 		{"unknown type", "a", "s", 42, nil, nil, eventbus.ErrInvalidEvent, "EventType(42)"},
-		{"empty source", "a", "", eventbus.Domain, nil, nil, eventbus.ErrInvalidEvent, "Source"},
 		{"empty ID", "a", "s", eventbus.Domain, nil, []eventbus.EventOption{eventbus.WithID("")}, eventbus.ErrInvalidEvent, "ID"},
 		{"invalid raw JSON", "a", "s", eventbus.Domain, json.RawMessage(`{"a":`), nil, eventbus.ErrInvalidEvent, "JSON"},
 		{"invalid JSON bytes", "a", "s", eventbus.Domain, []byte("not json"), nil, eventbus.ErrInvalidEvent, "JSON"},
@@ -229,7 +216,7 @@ func TestNewEventInvalid(t *testing.T) {
 		{"unmarshallable float", "a", "s", eventbus.Domain, map[string]float64{"x": inf()}, nil, eventbus.ErrInvalidEvent, "JSON"},
 	}
 	for _, tc := range cases {
-		ev, err := eventbus.NewEvent(tc.name, tc.source, tc.typ, tc.data, tc.opts...)
+		ev, err := eventbus.NewEvent(tc.name, tc.data, append([]eventbus.EventOption{eventbus.WithSource(tc.source), eventbus.WithType(tc.typ)}, tc.opts...)...)
 		if err == nil {
 			t.Errorf("%s: NewEvent = %+v, want an error", tc.label, ev)
 			continue
@@ -251,26 +238,55 @@ func inf() float64 {
 	return 1 / zero
 }
 
-func TestEventValidate(t *testing.T) {
-	ev, err := eventbus.NewEvent("a.b", "s", eventbus.Domain, 1)
+// TestNewEventDefaults: source and kind are optional; the kind defaults to
+// Domain and Publish fills the source with the service name.
+func TestNewEventDefaults(t *testing.T) {
+	ev, err := eventbus.NewEvent("a.b", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ev.Validate(); err != nil {
-		t.Errorf("Validate of a fresh event: %v", err)
+	if ev.Source != "" || ev.Type != eventbus.Domain || ev.ID == "" || ev.Time.IsZero() {
+		t.Errorf("NewEvent without options = %+v; want no source, Domain, an ID and a time", ev)
 	}
-	ev.Data = nil // no data is allowed
-	if err := ev.Validate(); err != nil {
-		t.Errorf("Validate without data: %v", err)
+}
+
+// TestPublishValidates: Publish checks what NewEvent checked, since fields
+// can be set after it, and fills the source and the kind.
+func TestPublishValidates(t *testing.T) {
+	b := newMemBus(t, "validates")
+	got := make(chan eventbus.Event, 1)
+	if err := b.Subscribe("a.#", func(_ context.Context, ev eventbus.Event) error { got <- ev; return nil }); err != nil {
+		t.Fatal(err)
 	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := eventbus.NewEvent("a.b", 1)
 	ev.Data = json.RawMessage("{")
-	if err := ev.Validate(); !errors.Is(err, eventbus.ErrInvalidEvent) {
-		t.Errorf("Validate with bad data = %v", err)
+	if err := b.Publish(context.Background(), ev); !errors.Is(err, eventbus.ErrInvalidEvent) {
+		t.Errorf("Publish with data that is not JSON: %v", err)
+	}
+	ev.Type = 42
+	ev.Data = nil // no data is allowed
+	if err := b.Publish(context.Background(), ev); !errors.Is(err, eventbus.ErrInvalidEvent) {
+		t.Errorf("Publish with an unknown kind: %v", err)
+	}
+	ev.Type = 0
+	if err := b.Publish(context.Background(), ev); err != nil {
+		t.Fatalf("Publish without data, source and kind: %v", err)
+	}
+	select {
+	case h := <-got:
+		if h.Source != "validates" || h.Type != eventbus.Domain || string(h.Data) != "null" {
+			t.Errorf("handled %+v; want source validates, Domain, null data", h)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not handled")
 	}
 }
 
 func TestEventDecode(t *testing.T) {
-	ev, err := eventbus.NewEvent("user.registered", "accounts", eventbus.User, signup{Email: "ü@example.com", Plan: "pro"})
+	ev, err := eventbus.NewEvent("user.registered", signup{Email: "ü@example.com", Plan: "pro"}, eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User))
 	if err != nil {
 		t.Fatal(err)
 	}

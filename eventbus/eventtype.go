@@ -5,8 +5,8 @@ import (
 	"strings"
 )
 
-// EventType classifies an event by its role. The zero value is not a valid
-// type: every event must say which kind it is.
+// EventType classifies an event by its role. The zero value means "not
+// set": Publish sends it as [Domain].
 type EventType uint8
 
 // The five kinds of events.
@@ -28,14 +28,14 @@ var eventTypeNames = [...]string{"", "domain", "integration", "system", "user", 
 // String returns the lower-case name ("domain", "integration", ...), which is
 // also the wire form of the ce_eventtype header.
 func (t EventType) String() string {
-	if t.Valid() {
+	if t.valid() {
 		return eventTypeNames[t]
 	}
 	return fmt.Sprintf("EventType(%d)", uint8(t))
 }
 
-// Valid reports whether t is one of the five defined types.
-func (t EventType) Valid() bool { return t >= Domain && t <= Notification }
+// valid reports whether t is one of the five defined types.
+func (t EventType) valid() bool { return t >= Domain && t <= Notification }
 
 // ParseEventType parses the name of an event type, ignoring case, so both
 // "domain" and "DOMAIN" give [Domain]. Unknown names are an error.
@@ -55,7 +55,7 @@ func ParseEventType(s string) (EventType, error) {
 
 // MarshalText implements encoding.TextMarshaler.
 func (t EventType) MarshalText() ([]byte, error) {
-	if !t.Valid() {
+	if !t.valid() {
 		return nil, fmt.Errorf("%w: cannot marshal %s", ErrInvalidEvent, t)
 	}
 	return []byte(eventTypeNames[t]), nil

@@ -59,7 +59,7 @@ func ExampleBus_Subscribe() {
 		log.Fatal(err)
 	}
 
-	ev, err := eventbus.NewEvent("user.registered", "users", eventbus.Domain, map[string]string{"name": "ada"})
+	ev, err := eventbus.NewEvent("user.registered", map[string]string{"name": "ada"}, eventbus.WithSource("users"))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func ExampleBus_Publish() {
 
 	paid := make(chan eventbus.Event)
 	err = bus.Subscribe("order.placed", func(ctx context.Context, ev eventbus.Event) error {
-		next, err := eventbus.NewEvent("payment.requested", "orders", eventbus.Domain, ev.Data)
+		next, err := eventbus.NewEvent("payment.requested", ev.Data, eventbus.WithSource("orders"))
 		if err != nil {
 			return err
 		}
@@ -102,8 +102,7 @@ func ExampleBus_Publish() {
 		log.Fatal(err)
 	}
 
-	placed, err := eventbus.NewEvent("order.placed", "orders", eventbus.Domain, map[string]int{"total_cents": 4200},
-		eventbus.WithCorrelationID("order-42"))
+	placed, err := eventbus.NewEvent("order.placed", map[string]int{"total_cents": 4200}, eventbus.WithSource("orders"), eventbus.WithCorrelationID("order-42"))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -116,7 +115,7 @@ func ExampleBus_Publish() {
 	fmt.Println("caused by order.placed:", ev.CausationID == placed.ID)
 
 	// An event that no subscription matches is an error, not a silent loss.
-	lost, _ := eventbus.NewEvent("order.lost", "orders", eventbus.Domain, nil)
+	lost, _ := eventbus.NewEvent("order.lost", nil, eventbus.WithSource("orders"))
 	err = bus.Publish(ctx, lost)
 	fmt.Println(errors.Is(err, eventbus.ErrUnroutable))
 	// Output:
@@ -143,7 +142,7 @@ func ExampleNewSchema() {
 		log.Fatal(err)
 	}
 
-	ev, err := userRegistered.NewEvent("users", UserRegistered{UserID: "123", Username: "john_doe", Email: "john.doe@example.com"}, eventbus.Domain)
+	ev, err := userRegistered.NewEvent(UserRegistered{UserID: "123", Username: "john_doe", Email: "john.doe@example.com"}, eventbus.WithSource("users"))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -158,7 +157,7 @@ func ExampleNewSchema() {
 	// Invalid data is refused, with the JSON names of the fields. The
 	// error is permanent, so a handler returning it (as Schema.Handler
 	// does) is not retried.
-	_, err = userRegistered.NewEvent("users", UserRegistered{UserID: "124", Email: "jane-at-example"}, eventbus.Domain)
+	_, err = userRegistered.NewEvent(UserRegistered{UserID: "124", Email: "jane-at-example"}, eventbus.WithSource("users"))
 	fmt.Println(err)
 	fmt.Println(eventbus.IsPermanent(err))
 	var invalid *eventbus.ValidationError

@@ -15,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // margin is how much later than its ctx's deadline a call may return in
@@ -56,7 +57,7 @@ func (s *stuckSubscriber) Subscribe(ctx context.Context, _ string) (<-chan *mess
 
 func (s *stuckSubscriber) Close() error { s.closed.Store(true); return nil }
 
-func (t *stuckTransport) NewSubscriber(eventbus.SubscriberConfig) (message.Subscriber, error) {
+func (t *stuckTransport) NewSubscriber(driver.SubscriberConfig) (message.Subscriber, error) {
 	s := &stuckSubscriber{}
 	t.mu.Lock()
 	t.subs = append(t.subs, s)
@@ -87,7 +88,7 @@ var (
 func stuckBus(t *testing.T) (*eventbus.Bus, *stuckTransport) {
 	t.Helper()
 	registerStuck.Do(func() {
-		eventbus.Register("stucktest", eventbus.DriverFunc(func(_ context.Context, cfg eventbus.TransportConfig) (eventbus.Transport, error) {
+		driver.Register("stucktest", driver.OpenFunc(func(_ context.Context, cfg driver.Config) (driver.Transport, error) {
 			stuckMu.Lock()
 			defer stuckMu.Unlock()
 			return stuckByHost[cfg.URL.Host], nil
@@ -198,7 +199,7 @@ func TestCloseFromAHandler(t *testing.T) {
 	if err := b.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ev, _ := eventbus.NewEvent("shut.down", "closer", eventbus.System, nil)
+	ev, _ := eventbus.NewEvent("shut.down", nil, eventbus.WithSource("closer"), eventbus.WithType(eventbus.System))
 	if err := b.Publish(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}
@@ -252,8 +253,7 @@ func TestMisroutedEventIsPoisoned(t *testing.T) {
 	if err := b.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ev, _ := eventbus.NewEvent("users.deleted", "routes", eventbus.Domain, nil)
-	msg := eventbus.EncodeMessage(ev)
+	msg := driver.Encode(driver.Envelope{ID: "misrouted-1", Name: "users.deleted", Source: "routes", Type: "domain", Time: time.Now()})
 	msg.SetContext(context.Background())
 	if err := b.Transport().Publisher().Publish("orders.placed", msg); err != nil {
 		t.Fatal(err)

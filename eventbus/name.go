@@ -1,101 +1,13 @@
 package eventbus
 
-import "fmt"
+import "github.com/paissive/go-eventbus/internal/names"
 
 // MaxNameLength is the longest event name or pattern in bytes: the AMQP
 // routing-key limit, so that a name valid here is valid on every broker.
-const MaxNameLength = 255
+const MaxNameLength = names.MaxLength
 
 // ValidateName reports whether name is a valid event name: one or more
 // segments of letters, digits, '_' and '-', joined by '.', at most
 // [MaxNameLength] bytes. The error wraps [ErrInvalidName] and names the
 // offending segment.
-func ValidateName(name string) error {
-	if validName(name) {
-		return nil
-	}
-	return checkSegments(name, false)
-}
-
-// nameByte marks the bytes allowed in a name segment.
-var nameByte = func() (t [256]bool) {
-	for c := range 256 {
-		t[c] = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
-	}
-	return t
-}()
-
-// validName is ValidateName's answer without the explanation, in one pass
-// over the bytes: every published and every consumed event is checked, and
-// checkSegments, which finds the offending segment, runs only for names
-// that fail here.
-func validName(s string) bool {
-	if len(s) == 0 || len(s) > MaxNameLength {
-		return false
-	}
-	segStart := true
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c == '.' {
-			if segStart {
-				return false
-			}
-			segStart = true
-			continue
-		}
-		if !nameByte[c] {
-			return false
-		}
-		segStart = false
-	}
-	return !segStart
-}
-
-// checkSegments validates names and, with wildcards set, patterns: in a
-// pattern a segment may also be exactly "*" or "#".
-func checkSegments(s string, wildcards bool) error {
-	kind, sentinel := "event name", ErrInvalidName
-	if wildcards {
-		kind, sentinel = "pattern", ErrInvalidPattern
-	}
-	if s == "" {
-		return fmt.Errorf("%w: empty %s", sentinel, kind)
-	}
-	if len(s) > MaxNameLength {
-		return fmt.Errorf("%w: %s is %d bytes long, the limit is %d", sentinel, kind, len(s), MaxNameLength)
-	}
-	start, index := 0, 0
-	for i := 0; i <= len(s); i++ {
-		if i < len(s) && s[i] != '.' {
-			continue
-		}
-		seg := s[start:i]
-		if err := checkSegment(seg, wildcards); err != "" {
-			return fmt.Errorf("%w: %s %q: segment %d %q %s", sentinel, kind, s, index+1, seg, err)
-		}
-		start, index = i+1, index+1
-	}
-	return nil
-}
-
-func checkSegment(seg string, wildcards bool) string {
-	if seg == "" {
-		return "is empty (names are segments joined by single dots)"
-	}
-	if seg == "*" || seg == "#" {
-		if wildcards {
-			return ""
-		}
-		return "is a wildcard; '*' and '#' are only legal in subscription patterns"
-	}
-	for _, c := range seg {
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' {
-			continue
-		}
-		if (c == '*' || c == '#') && wildcards {
-			return fmt.Sprintf("mixes %q with other characters; a wildcard must be a whole segment", c)
-		}
-		return fmt.Sprintf("contains %q; allowed are letters, digits, '_' and '-'", c)
-	}
-	return ""
-}
+func ValidateName(name string) error { return names.Validate(name) }

@@ -1,6 +1,10 @@
 package eventbus
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/paissive/go-eventbus/internal/names"
+)
 
 // Pattern is a compiled subscription pattern. Its semantics are those of a
 // RabbitMQ topic exchange on every transport: segments are separated by '.',
@@ -25,7 +29,7 @@ type Pattern struct {
 // '-', or exactly "*" or "#"; the error wraps [ErrInvalidPattern] and names
 // the offending segment.
 func CompilePattern(s string) (Pattern, error) {
-	if err := checkSegments(s, true); err != nil {
+	if err := names.Check(s, true); err != nil {
 		return Pattern{}, err
 	}
 	p := Pattern{raw: s}
@@ -47,10 +51,6 @@ func MustCompilePattern(s string) Pattern {
 
 // String returns the pattern as written.
 func (p Pattern) String() string { return p.raw }
-
-// Literal reports whether the pattern has no wildcards, so it matches
-// exactly one event name (the pattern itself).
-func (p Pattern) Literal() bool { return p.segs == nil }
 
 // Match reports whether the event name matches the pattern. It does not
 // allocate. Names are not validated here; the bus validates them when they

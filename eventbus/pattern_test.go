@@ -71,14 +71,6 @@ func TestPatternMatch(t *testing.T) {
 	}
 }
 
-func TestPatternLiteral(t *testing.T) {
-	for pat, literal := range map[string]bool{"user.registered": true, "a": true, "user.*": false, "#": false, "#.completed": false} {
-		if got := eventbus.MustCompilePattern(pat).Literal(); got != literal {
-			t.Errorf("%q.Literal() = %v, want %v", pat, got, literal)
-		}
-	}
-}
-
 func TestZeroPatternMatchesNothing(t *testing.T) {
 	var p eventbus.Pattern
 	for _, name := range []string{"", "a", "a.b"} {

@@ -11,8 +11,31 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/wire"
 	"github.com/paissive/go-eventbus/middleware"
+)
+
+// PoisonReason says why an event was poisoned.
+type PoisonReason string
+
+// The reasons the bus records.
+const (
+	// ReasonRetriesExhausted: the handler failed on every attempt the
+	// policy allows.
+	ReasonRetriesExhausted PoisonReason = middleware.ReasonRetriesExhausted
+	// ReasonPermanent: the handler returned a permanent error (see
+	// [Permanent]), or the data failed its schema.
+	ReasonPermanent PoisonReason = middleware.ReasonPermanent
+	// ReasonPanic: the handler panicked on every attempt; the error holds
+	// the stack.
+	ReasonPanic PoisonReason = middleware.ReasonPanic
+	// ReasonUndecodable: the message is not an event in the wire format
+	// (missing attributes, a body that is not JSON).
+	ReasonUndecodable PoisonReason = middleware.ReasonUndecodable
+	// ReasonMisrouted: the broker delivered an event whose name the
+	// subscription's pattern does not match.
+	ReasonMisrouted PoisonReason = middleware.ReasonMisrouted
 )
 
 // PoisonedEvent is an event in the poison queue with the record of its
@@ -30,9 +53,8 @@ type PoisonedEvent struct {
 	// RecordID identifies this record in the poison queue: the same event
 	// poisoned twice is two records.
 	RecordID string
-	// Reason is why the event was poisoned: "retries-exhausted",
-	// "permanent", "panic", "undecodable" or "misrouted".
-	Reason string
+	// Reason is why the event was poisoned.
+	Reason PoisonReason
 	// Error is the handler's last error; at most 8 KiB of it, and
 	// ErrorLength gives the full length when it was cut.
 	Error       string
@@ -51,8 +73,8 @@ type PoisonFilter struct {
 	IDs []string
 	// Subscription selects events a subscription of this name failed.
 	Subscription string
-	// Reason selects events poisoned for this reason ("permanent", ...).
-	Reason string
+	// Reason selects events poisoned for this reason.
+	Reason PoisonReason
 	// Name is a pattern (see [Pattern]) the event's name must match.
 	Name string
 	// After and Before bound the time of the last failure.
@@ -99,7 +121,7 @@ func (f PoisonFilter) match() (func(*PoisonedEvent) bool, error) {
 
 // poisonQueue returns the transport's poison queue, or ErrClosed once the
 // bus is closing.
-func (b *Bus) poisonQueue() (PoisonQueue, error) {
+func (b *Bus) poisonQueue() (driver.PoisonQueue, error) {
 	if b.isClosing() {
 		return nil, ErrClosed
 	}
@@ -215,12 +237,12 @@ func (b *Bus) Replay(ctx context.Context, f PoisonFilter) (int, error) {
 			}
 			err := b.transport.Redeliver(ctx, g, msgs...)
 			failed := map[string]bool{}
-			var pe *PublishError
+			var pe *driver.PublishError
 			switch {
 			case err == nil:
 			case errors.As(err, &pe):
 				for _, fe := range pe.Failed {
-					failed[fe.ID] = true
+					failed[fe.UUID] = true
 				}
 			default:
 				return del, fmt.Errorf("eventbus: replaying to %s: %w", g, err)
@@ -300,7 +322,7 @@ func toPoisoned(rec *message.Message) PoisonedEvent {
 		headers[k] = v
 	}
 	p.Headers, p.Payload = headers, m.Payload
-	p.Reason, p.Error = md[wire.PoisonReason], md[wire.PoisonError]
+	p.Reason, p.Error = PoisonReason(md[wire.PoisonReason]), md[wire.PoisonError]
 	p.Subscription, p.Pattern = md[wire.PoisonSubscription], md[wire.PoisonPattern]
 	p.Attempts, _ = strconv.Atoi(md[wire.PoisonAttempts])
 	p.ErrorLength = len(p.Error)
@@ -313,7 +335,7 @@ func toPoisoned(rec *message.Message) PoisonedEvent {
 		p.Event = Event{ID: m.UUID}
 		return p
 	}
-	p.Event, p.DecodeError = DecodeMessage(m)
+	p.Event, p.DecodeError = decode(m)
 	if p.DecodeError != nil {
 		p.Event = Event{ID: m.UUID}
 	}

@@ -22,8 +22,8 @@ type Policy struct {
 	MaxBackoff time.Duration
 	// Multiplier grows the delay after each failure.
 	Multiplier float64
-	// Jitter spreads each delay randomly to delay*(1±Jitter), in [0, 1).
-	// Zero takes the default; use a tiny value such as 1e-9 for none.
+	// Jitter spreads each delay randomly to delay*(1±Jitter), in (0, 1).
+	// Zero takes the default; [NoJitter] turns it off.
 	Jitter float64
 	// MaxElapsed stops retrying when the next attempt would start later
 	// than this after the first failure.
@@ -36,6 +36,10 @@ type Policy struct {
 	// redelivery does not repeat side effects. See WithIdempotencyStore.
 	IdempotencyWindow time.Duration
 }
+
+// NoJitter is the Policy.Jitter that turns jitter off: retries come after
+// exactly the configured delays.
+const NoJitter = -1.0
 
 // DefaultPolicy is the policy used where a field is left zero.
 //
@@ -94,8 +98,8 @@ func (p Policy) validate() error {
 		return fmt.Errorf("eventbus: Policy backoff durations must not be negative")
 	case p.Multiplier < 1:
 		return fmt.Errorf("eventbus: Policy.Multiplier is %g; it must be at least 1", p.Multiplier)
-	case p.Jitter < 0 || p.Jitter >= 1:
-		return fmt.Errorf("eventbus: Policy.Jitter is %g; it must be in [0, 1)", p.Jitter)
+	case p.Jitter != NoJitter && (p.Jitter < 0 || p.Jitter >= 1):
+		return fmt.Errorf("eventbus: Policy.Jitter is %g; it must be in [0, 1), or NoJitter", p.Jitter)
 	case p.IdempotencyWindow < 0:
 		return fmt.Errorf("eventbus: Policy.IdempotencyWindow must not be negative")
 	}

@@ -133,15 +133,16 @@ func (s *Schema[T]) Version() string {
 }
 
 // NewEvent validates data and returns an event of the schema's name and
-// version. Options are those of [NewEvent].
-func (s *Schema[T]) NewEvent(source string, data T, typ EventType, opts ...EventOption) (Event, error) {
+// version. Options are those of [NewEvent]: the source and the kind are
+// optional there too.
+func (s *Schema[T]) NewEvent(data T, opts ...EventOption) (Event, error) {
 	if err := s.check(data); err != nil {
 		return Event{}, err
 	}
 	if v := s.Version(); v != "" {
 		opts = append([]EventOption{WithDataVersion(v)}, opts...)
 	}
-	return NewEvent(s.name, source, typ, data, opts...)
+	return NewEvent(s.name, data, opts...)
 }
 
 // Parse decodes and validates the data of ev. An event of another name,

@@ -54,7 +54,7 @@ var (
 
 func rawEvent(t *testing.T, version, data string) eventbus.Event {
 	t.Helper()
-	ev, err := eventbus.NewEvent("order.placed", "checkout", eventbus.Domain, json.RawMessage(data), eventbus.WithDataVersion(version))
+	ev, err := eventbus.NewEvent("order.placed", json.RawMessage(data), eventbus.WithSource("checkout"), eventbus.WithDataVersion(version))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +346,7 @@ func consumer[T any](d *deployment, s *eventbus.Schema[T]) (*eventbus.Bus, <-cha
 // produce publishes an event made with producer schema s.
 func produce[T any](d *deployment, s *eventbus.Schema[T], data T) eventbus.Event {
 	d.t.Helper()
-	ev, err := s.NewEvent("checkout", data, eventbus.Domain)
+	ev, err := s.NewEvent(data, eventbus.WithSource("checkout"))
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -474,7 +474,7 @@ func TestRollingDeploy(t *testing.T) {
 	t.Run("unversioned producer, v2 consumer: poisoned by default", func(t *testing.T) {
 		d := newDeployment(t)
 		b, got := consumer(d, orderV2)
-		ev, err := eventbus.NewEvent("order.placed", "legacy", eventbus.Domain, map[string]any{"customer_id": "c1", "amount": 1250})
+		ev, err := eventbus.NewEvent("order.placed", map[string]any{"customer_id": "c1", "amount": 1250}, eventbus.WithSource("legacy"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -496,7 +496,7 @@ func TestRollingDeploy(t *testing.T) {
 		d := newDeployment(t)
 		_, got := consumer(d, eventbus.MustSchema[orderPlacedV2]("order.placed",
 			eventbus.SchemaVersion("2"), eventbus.Upcast(1, renameAmount), eventbus.AssumeVersion("1")))
-		ev, err := eventbus.NewEvent("order.placed", "legacy", eventbus.Domain, map[string]any{"customer_id": "c1", "amount": 1250})
+		ev, err := eventbus.NewEvent("order.placed", map[string]any{"customer_id": "c1", "amount": 1250}, eventbus.WithSource("legacy"))
 		if err != nil {
 			t.Fatal(err)
 		}

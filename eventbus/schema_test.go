@@ -56,8 +56,7 @@ func TestSchemaNewEvent(t *testing.T) {
 	if s.Name() != "user.registered" || s.Version() != "2.0" {
 		t.Errorf("Name, Version = %q, %q", s.Name(), s.Version())
 	}
-	ev, err := s.NewEvent("accounts", userRegistered{UserID: "u1", Email: "a@example.com"}, eventbus.User,
-		eventbus.WithCorrelationID("c1"))
+	ev, err := s.NewEvent(userRegistered{UserID: "u1", Email: "a@example.com"}, eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User), eventbus.WithCorrelationID("c1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,12 +67,12 @@ func TestSchemaNewEvent(t *testing.T) {
 		t.Errorf("Data = %s", ev.Data)
 	}
 	// An explicit option wins over the schema version.
-	ev, err = s.NewEvent("accounts", userRegistered{UserID: "u1", Email: "a@example.com"}, eventbus.User, eventbus.WithDataVersion("9"))
+	ev, err = s.NewEvent(userRegistered{UserID: "u1", Email: "a@example.com"}, eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User), eventbus.WithDataVersion("9"))
 	if err != nil || ev.DataVersion != "9" {
 		t.Errorf("WithDataVersion over SchemaVersion: %q, %v", ev.DataVersion, err)
 	}
 	// Without a version none is set.
-	ev, err = eventbus.MustSchema[userRegistered]("user.registered").NewEvent("accounts", userRegistered{UserID: "u", Email: "e@x.io"}, eventbus.Domain)
+	ev, err = eventbus.MustSchema[userRegistered]("user.registered").NewEvent(userRegistered{UserID: "u", Email: "e@x.io"}, eventbus.WithSource("accounts"))
 	if err != nil || ev.DataVersion != "" {
 		t.Errorf("no SchemaVersion: DataVersion %q, %v", ev.DataVersion, err)
 	}
@@ -83,18 +82,18 @@ func TestSchemaNewEvent(t *testing.T) {
 		"bad email":     {UserID: "u1", Email: "not-an-email"},
 		"age too large": {UserID: "u1", Email: "a@example.com", Age: 200},
 	} {
-		_, err := s.NewEvent("accounts", data, eventbus.User)
+		_, err := s.NewEvent(data, eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User))
 		assertValidationError(t, label, err)
 	}
 	// Envelope errors still come from NewEvent.
-	if _, err := s.NewEvent("", userRegistered{UserID: "u", Email: "e@x.io"}, eventbus.User); !errors.Is(err, eventbus.ErrInvalidEvent) {
+	if _, err := s.NewEvent(userRegistered{UserID: "u", Email: "e@x.io"}, eventbus.WithType(eventbus.User)); !errors.Is(err, eventbus.ErrInvalidEvent) {
 		t.Errorf("empty source: %v", err)
 	}
 }
 
 func TestSchemaPointerType(t *testing.T) {
 	s := eventbus.MustSchema[*userRegistered]("user.registered")
-	ev, err := s.NewEvent("accounts", &userRegistered{UserID: "u1", Email: "a@example.com"}, eventbus.User)
+	ev, err := s.NewEvent(&userRegistered{UserID: "u1", Email: "a@example.com"}, eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,9 +101,9 @@ func TestSchemaPointerType(t *testing.T) {
 	if err != nil || got == nil || got.UserID != "u1" {
 		t.Fatalf("Parse = %+v, %v", got, err)
 	}
-	_, err = s.NewEvent("accounts", nil, eventbus.User)
+	_, err = s.NewEvent(nil, eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User))
 	assertValidationError(t, "nil pointer", err)
-	_, err = s.NewEvent("accounts", &userRegistered{}, eventbus.User)
+	_, err = s.NewEvent(&userRegistered{}, eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User))
 	assertValidationError(t, "invalid via pointer", err)
 	ev.Data = json.RawMessage("null")
 	_, err = s.Parse(ev)
@@ -115,7 +114,7 @@ func TestSchemaParse(t *testing.T) {
 	s := eventbus.MustSchema[userRegistered]("user.registered")
 	mk := func(name, data string) eventbus.Event {
 		t.Helper()
-		ev, err := eventbus.NewEvent(name, "accounts", eventbus.User, json.RawMessage(data))
+		ev, err := eventbus.NewEvent(name, json.RawMessage(data), eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -160,8 +159,7 @@ func TestSchemaParse(t *testing.T) {
 // A schema is a tolerant reader unless Strict: a producer that adds a field
 // must not poison the events of consumers that do not know it yet.
 func TestSchemaTolerantReaderAndStrict(t *testing.T) {
-	newer, err := eventbus.NewEvent("user.registered", "accounts", eventbus.User,
-		json.RawMessage(`{"user_id":"u1","email":"a@example.com","admin":true,"profile":{"nested":[1,2]}}`))
+	newer, err := eventbus.NewEvent("user.registered", json.RawMessage(`{"user_id":"u1","email":"a@example.com","admin":true,"profile":{"nested":[1,2]}}`), eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,11 +176,11 @@ func TestSchemaTolerantReaderAndStrict(t *testing.T) {
 		t.Errorf("strict: error %q does not name the unknown field", err)
 	}
 	// Strict still parses what it knows, and still validates.
-	known, _ := eventbus.NewEvent("user.registered", "accounts", eventbus.User, json.RawMessage(`{"user_id":"u1","email":"a@example.com"}`))
+	known, _ := eventbus.NewEvent("user.registered", json.RawMessage(`{"user_id":"u1","email":"a@example.com"}`), eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User))
 	if got, err := strict.Parse(known); err != nil || got.UserID != "u1" {
 		t.Errorf("strict: Parse of known fields = %+v, %v", got, err)
 	}
-	invalid, _ := eventbus.NewEvent("user.registered", "accounts", eventbus.User, json.RawMessage(`{"user_id":"","email":"a@example.com"}`))
+	invalid, _ := eventbus.NewEvent("user.registered", json.RawMessage(`{"user_id":"","email":"a@example.com"}`), eventbus.WithSource("accounts"), eventbus.WithType(eventbus.User))
 	_, err = strict.Parse(invalid)
 	assertFields(t, "strict, invalid", err, eventbus.FieldError{Path: "user_id", Rule: "required", Message: "required"})
 }
@@ -196,10 +194,10 @@ func TestSchemaWithValidator(t *testing.T) {
 		N int `json:"n" validate:"even"`
 	}
 	s := eventbus.MustSchema[pair]("numbers.pair", eventbus.WithValidator(v))
-	if _, err := s.NewEvent("s", pair{N: 2}, eventbus.Domain); err != nil {
+	if _, err := s.NewEvent(pair{N: 2}, eventbus.WithSource("s")); err != nil {
 		t.Errorf("even: %v", err)
 	}
-	_, err := s.NewEvent("s", pair{N: 3}, eventbus.Domain)
+	_, err := s.NewEvent(pair{N: 3}, eventbus.WithSource("s"))
 	assertValidationError(t, "odd", err)
 	// A custom rule gets the generic message, under the JSON name, although
 	// v has no tag-name function.
@@ -227,15 +225,15 @@ func TestSchemaHandler(t *testing.T) {
 		return nil
 	})
 	ctx := context.WithValue(context.Background(), ctxKey{}, "v")
-	good, _ := s.NewEvent("a", userRegistered{UserID: "u1", Email: "a@example.com"}, eventbus.User)
+	good, _ := s.NewEvent(userRegistered{UserID: "u1", Email: "a@example.com"}, eventbus.WithSource("a"), eventbus.WithType(eventbus.User))
 	if err := h(ctx, good); err != nil {
 		t.Errorf("handler: %v", err)
 	}
-	failing, _ := s.NewEvent("a", userRegistered{UserID: "fail", Email: "a@example.com"}, eventbus.User)
+	failing, _ := s.NewEvent(userRegistered{UserID: "fail", Email: "a@example.com"}, eventbus.WithSource("a"), eventbus.WithType(eventbus.User))
 	if err := h(ctx, failing); !errors.Is(err, fail) || eventbus.IsPermanent(err) {
 		t.Errorf("the handler's own error = %v, want it unchanged and not permanent", err)
 	}
-	bad, _ := eventbus.NewEvent("user.registered", "a", eventbus.User, json.RawMessage(`{"user_id":""}`))
+	bad, _ := eventbus.NewEvent("user.registered", json.RawMessage(`{"user_id":""}`), eventbus.WithSource("a"), eventbus.WithType(eventbus.User))
 	assertValidationError(t, "handler with invalid data", h(ctx, bad))
 	if len(calls) != 2 || calls[0].UserID != "u1" {
 		t.Errorf("typed handler calls = %+v, want two (invalid data must not reach it)", calls)

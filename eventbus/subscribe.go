@@ -3,9 +3,6 @@ package eventbus
 import (
 	"context"
 	"fmt"
-	"time"
-
-	"github.com/ThreeDotsLabs/watermill/message"
 )
 
 // Handler handles one event. Returning nil acknowledges it; an error means
@@ -13,6 +10,21 @@ import (
 // [Permanent] to skip the retries. ctx is cancelled when the handler's
 // timeout expires or the bus stops waiting for it in Close.
 type Handler func(ctx context.Context, ev Event) error
+
+// Middleware wraps a handler: it can act before and after the handler,
+// change the ctx it runs with, or return an error instead of calling it
+// (a permanent one skips the retries). It runs once per attempt, inside the
+// bus's retry and poison policy, so it sees every call and every failure.
+//
+//	func tenantOnly(next eventbus.Handler) eventbus.Handler {
+//		return func(ctx context.Context, ev eventbus.Event) error {
+//			if ev.Metadata["tenant"] == "" {
+//				return eventbus.Permanent(errors.New("event without a tenant"))
+//			}
+//			return next(ctx, ev)
+//		}
+//	}
+type Middleware func(Handler) Handler
 
 // SubscribeOption configures one subscription.
 type SubscribeOption func(*subscription) error
@@ -69,26 +81,16 @@ func WithPolicy(p Policy) SubscribeOption {
 	}
 }
 
-// SubscriptionMiddleware adds Watermill middleware for this subscription,
-// run inside the bus's own middleware (after the recoverer, just around the
-// handler), in the order given.
-func SubscriptionMiddleware(m ...message.HandlerMiddleware) SubscribeOption {
+// Use adds middleware to this subscription's handler, outermost first,
+// inside the bus's Config.Middleware.
+func Use(mw ...Middleware) SubscribeOption {
 	return func(s *subscription) error {
-		s.middleware = append(s.middleware, m...)
-		return nil
-	}
-}
-
-// HandlerTimeout sets this subscription's deadline per handler call,
-// keeping the rest of its policy (the bus's, or the one given with
-// WithPolicy, in whichever order the options come). The handler's ctx is cancelled when
-// it expires; the call then counts as a failure and is retried.
-func HandlerTimeout(d time.Duration) SubscribeOption {
-	return func(s *subscription) error {
-		if d <= 0 {
-			return fmt.Errorf("eventbus: HandlerTimeout(%v): must be positive", d)
+		for _, m := range mw {
+			if m == nil {
+				return fmt.Errorf("eventbus: Use with a nil middleware")
+			}
 		}
-		s.timeout = d
+		s.middleware = append(s.middleware, mw...)
 		return nil
 	}
 }

@@ -35,7 +35,7 @@ type customerOrder struct {
 // field by field.
 func TestValidationErrorNamesJSONFieldsAndRules(t *testing.T) {
 	s := eventbus.MustSchema[customerOrder]("order.placed")
-	_, err := s.NewEvent("shop", customerOrder{Email: "ada-at-example"}, eventbus.Domain)
+	_, err := s.NewEvent(customerOrder{Email: "ada-at-example"}, eventbus.WithSource("shop"))
 	assertValidationError(t, "NewEvent", err)
 	const want = "eventbus: data of order.placed is invalid: customer_id: required; email: must be an email address"
 	if err == nil || err.Error() != want {
@@ -48,7 +48,7 @@ func TestValidationErrorNamesJSONFieldsAndRules(t *testing.T) {
 	assertFields(t, "NewEvent", err, fields...)
 
 	// Parse reports the same for the same data on the wire.
-	ev, _ := eventbus.NewEvent("order.placed", "shop", eventbus.Domain, json.RawMessage(`{"email":"ada-at-example"}`))
+	ev, _ := eventbus.NewEvent("order.placed", json.RawMessage(`{"email":"ada-at-example"}`), eventbus.WithSource("shop"))
 	_, err = s.Parse(ev)
 	if err == nil || err.Error() != want {
 		t.Errorf("Parse error\n got %q\nwant %q", err, want)
@@ -114,14 +114,14 @@ func TestValidationPathsAreJSONPaths(t *testing.T) {
 		"validator with other tag names": {eventbus.WithValidator(theirs)},
 	} {
 		s := eventbus.MustSchema[basket]("basket.checked", opts...)
-		_, err := s.NewEvent("shop", data, eventbus.Domain)
+		_, err := s.NewEvent(data, eventbus.WithSource("shop"))
 		assertValidationError(t, label, err)
 		assertFields(t, label, err, want...)
 	}
 	// The program's own validator is used as it is: its tag-name function
 	// still names the fields of its own errors.
 	s := eventbus.MustSchema[basket]("basket.checked", eventbus.WithValidator(theirs))
-	_, err := s.NewEvent("shop", data, eventbus.Domain)
+	_, err := s.NewEvent(data, eventbus.WithSource("shop"))
 	var verrs validator.ValidationErrors
 	if !errors.As(err, &verrs) || verrs[0].Field() != "x_Ref" {
 		t.Errorf("the validator's own errors were renamed: %v", err)
@@ -159,12 +159,12 @@ type ruleCase struct {
 
 func TestValidationMessages(t *testing.T) {
 	s := eventbus.MustSchema[ruleCase]("rules.checked")
-	_, err := s.NewEvent("s", ruleCase{
+	_, err := s.NewEvent(ruleCase{
 		Email: "x", URL: "not a url", UUID: "123", MinS: "ab", MaxS: "ab", GtS: "ab", MinN: 0, MaxN: 11, Gt: 0, Gte: 0.25,
 		Lt: 5, Lte: 6, MinL: nil, MaxL: map[string]int{"a": 1, "b": 2}, LenL: []string{"a"}, OneOf: "blue", Eq: "no",
 		After: time.Now().Add(-time.Hour), Confirm: "y", Prefix: "xa", ISBN: "1", NoRune: "xx", Currency: "EURO",
 		Unique: []string{"a", "a"}, Nested: map[string]string{"a1": "v", "b": ""},
-	}, eventbus.Domain)
+	}, eventbus.WithSource("s"))
 	assertValidationError(t, "rules", err)
 	var ve *eventbus.ValidationError
 	if !errors.As(err, &ve) {
@@ -227,7 +227,7 @@ func TestValidationErrorMessageIsBounded(t *testing.T) {
 	for i := range items {
 		items[i] = lineItem{SKU: "s", Qty: 0}
 	}
-	_, err := eventbus.MustSchema[many]("many.items").NewEvent("s", many{Items: items}, eventbus.Domain)
+	_, err := eventbus.MustSchema[many]("many.items").NewEvent(many{Items: items}, eventbus.WithSource("s"))
 	var ve *eventbus.ValidationError
 	if !errors.As(err, &ve) || len(ve.Fields) != 12 || ve.Fields[11].Path != "items[11].qty" {
 		t.Fatalf("error %v: want 12 fields", err)

@@ -2,249 +2,35 @@ package eventbus
 
 import (
 	"encoding/json"
-	"fmt"
-	"strings"
-	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/tidwall/gjson"
 
-	"github.com/paissive/go-eventbus/internal/wire"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
-// Header names of the wire format: CloudEvents 1.0 binary content mode with
-// the "ce_" prefix of the CloudEvents Kafka binding. Every transport writes
-// these and nothing else, so the same bytes mean the same event everywhere.
-const (
-	HeaderSpecVersion   = wire.SpecVersion   // always "1.0"
-	HeaderID            = wire.ID            // Event.ID
-	HeaderSource        = wire.Source        // Event.Source
-	HeaderType          = wire.Type          // Event.Name (the CloudEvents "type")
-	HeaderTime          = wire.Time          // Event.Time, RFC 3339
-	HeaderEventType     = wire.EventType     // Event.Type ("domain", ...)
-	HeaderDataVersion   = wire.DataVersion   // Event.DataVersion, omitted when empty
-	HeaderCorrelationID = wire.CorrelationID // Event.CorrelationID
-	HeaderCausationID   = wire.CausationID   // Event.CausationID, omitted when empty
-	HeaderPartitionKey  = wire.PartitionKey  // Event.PartitionKey, omitted when empty
-	HeaderContentType   = wire.ContentType   // always "application/json"
-	// MetadataPrefix prefixes each Event.Metadata key, so "tenant" travels
-	// as "meta_tenant" and user keys never collide with other headers.
-	MetadataPrefix = wire.MetadataPrefix
-)
-
-// Headers the poison queue adds to an event it stores.
-const (
-	HeaderPoisonReason       = wire.PoisonReason       // "permanent", "retries-exhausted" or "undecodable"
-	HeaderPoisonError        = wire.PoisonError        // the handler's error text (with the stack for panics)
-	HeaderPoisonAttempts     = wire.PoisonAttempts     // handler calls made
-	HeaderPoisonService      = wire.PoisonService      // the service whose subscription failed
-	HeaderPoisonSubscription = wire.PoisonSubscription // the subscription that failed
-	HeaderPoisonPattern      = wire.PoisonPattern      // its pattern
-	HeaderPoisonFirstFailure = wire.PoisonFirstFailure // RFC 3339 time of the first failure
-	HeaderPoisonLastFailure  = wire.PoisonLastFailure  // RFC 3339 time of the last failure
-	// HeaderPoisonID identifies one poison record; a replayed event
-	// poisoned again is a new record with a new ID.
-	HeaderPoisonID = wire.PoisonID
-	// HeaderPoisonErrorTruncated gives the full length in bytes of a
-	// handler error that HeaderPoisonError holds only the beginning of
-	// (8 KiB).
-	HeaderPoisonErrorTruncated = wire.PoisonErrorTruncated
-	// HeaderPoisonWrapped marks a reduced record, stored with the original
-	// message as JSON in its body because the broker refused the record as
-	// it was.
-	HeaderPoisonWrapped = wire.PoisonWrapped
-)
-
-// EncodeMessage converts an event to the Watermill message every transport
-// sends: the UUID is the event ID, the payload the JSON data and the
-// metadata the "ce_" headers. It does not validate the event.
-func EncodeMessage(e Event) *message.Message {
-	data := []byte(e.Data)
-	if len(data) == 0 {
-		data = []byte("null")
-	}
-	msg := message.NewMessage(e.ID, data)
-	// The eight headers every event has fill exactly one group of the
-	// map NewMessage made; a hint would allocate a larger table instead.
-	md := msg.Metadata
-	md[wire.SpecVersion] = wire.SpecVersionValue
-	md[wire.ID] = e.ID
-	md[wire.Source] = e.Source
-	md[wire.Type] = e.Name
-	md[wire.Time] = e.Time.UTC().Format(time.RFC3339Nano)
-	md[wire.EventType] = e.Type.String()
-	md[wire.ContentType] = wire.JSONContentType
-	md[wire.CorrelationID] = e.CorrelationID
-	if e.DataVersion != "" {
-		md[wire.DataVersion] = e.DataVersion
-	}
-	if e.CausationID != "" {
-		md[wire.CausationID] = e.CausationID
-	}
-	if e.PartitionKey != "" {
-		md[wire.PartitionKey] = e.PartitionKey
-	}
-	for k, v := range e.Metadata {
-		md[wire.MetadataPrefix+k] = v
-	}
-	return msg
+// encode converts an event to the message every transport sends (see
+// driver.Encode); it does not validate the event.
+func encode(e Event) *message.Message {
+	return driver.Encode(driver.Envelope{
+		ID: e.ID, Name: e.Name, Source: e.Source, Type: e.Type.String(), Time: e.Time,
+		DataVersion: e.DataVersion, CorrelationID: e.CorrelationID, CausationID: e.CausationID,
+		PartitionKey: e.PartitionKey, Metadata: e.Metadata, Data: e.Data,
+	})
 }
 
-// DecodeMessage converts a message in the wire format back to an event. A
-// message without the required headers, with an unknown spec version or
-// type, an invalid event name (the error then also wraps [ErrInvalidName]),
-// or with a body that is not JSON is an error wrapping [ErrInvalidEvent];
-// the bus treats such messages as permanent failures and moves them to the
-// poison queue.
-func DecodeMessage(msg *message.Message) (Event, error) {
-	// One pass over the headers with a switch, rather than a map lookup
-	// per header and a second pass for the metadata: this runs for every
-	// event consumed.
-	var e Event
-	var spec, ts, typ, ct string
-	hasCT := false
-	for k, v := range msg.Metadata {
-		switch k {
-		case wire.SpecVersion:
-			spec = v
-		case wire.ID:
-			e.ID = v
-		case wire.Type:
-			e.Name = v
-		case wire.Source:
-			e.Source = v
-		case wire.Time:
-			ts = v
-		case wire.EventType:
-			typ = v
-		case wire.ContentType:
-			ct, hasCT = v, true
-		case wire.DataVersion:
-			e.DataVersion = v
-		case wire.CorrelationID:
-			e.CorrelationID = v
-		case wire.CausationID:
-			e.CausationID = v
-		case wire.PartitionKey:
-			e.PartitionKey = v
-		default:
-			if strings.HasPrefix(k, wire.MetadataPrefix) {
-				if e.Metadata == nil {
-					e.Metadata = make(map[string]string)
-				}
-				e.Metadata[k[len(wire.MetadataPrefix):]] = v
-			}
-		}
-	}
-	if spec == "" || e.ID == "" || e.Name == "" || e.Source == "" || ts == "" || typ == "" {
-		var missing []string
-		for _, h := range [...][2]string{{wire.SpecVersion, spec}, {wire.ID, e.ID}, {wire.Type, e.Name}, {wire.Source, e.Source}, {wire.Time, ts}, {wire.EventType, typ}} {
-			if h[1] == "" {
-				missing = append(missing, h[0])
-			}
-		}
-		return Event{}, fmt.Errorf("%w: message %s lacks header(s) %s", ErrInvalidEvent, msg.UUID, strings.Join(missing, ", "))
-	}
-	if spec != wire.SpecVersionValue {
-		return Event{}, fmt.Errorf("%w: message %s has %s %q, want %q", ErrInvalidEvent, msg.UUID, wire.SpecVersion, spec, wire.SpecVersionValue)
-	}
-	if hasCT && ct != wire.JSONContentType && !strings.HasPrefix(ct, wire.JSONContentType+";") {
-		return Event{}, fmt.Errorf("%w: message %s has content-type %q, want %q", ErrInvalidEvent, msg.UUID, ct, wire.JSONContentType)
-	}
-	t, err := parseTime(ts)
+// decode converts a message in the wire format back to an event; its
+// errors wrap ErrInvalidEvent (see driver.Decode).
+func decode(msg *message.Message) (Event, error) {
+	env, err := driver.Decode(msg)
 	if err != nil {
-		return Event{}, fmt.Errorf("%w: message %s has %s %q: %v", ErrInvalidEvent, msg.UUID, wire.Time, ts, err)
+		return Event{}, err
 	}
-	e.Time = t
-	if e.Type, err = ParseEventType(typ); err != nil {
-		return Event{}, fmt.Errorf("message %s: %w", msg.UUID, err)
+	e := Event{
+		ID: env.ID, Name: env.Name, Source: env.Source, Time: env.Time,
+		DataVersion: env.DataVersion, CorrelationID: env.CorrelationID, CausationID: env.CausationID,
+		PartitionKey: env.PartitionKey, Metadata: env.Metadata, Data: json.RawMessage(env.Data),
 	}
-	if err := ValidateName(e.Name); err != nil {
-		return Event{}, fmt.Errorf("%w: message %s: %w", ErrInvalidEvent, msg.UUID, err)
-	}
-	if !validJSON(msg.Payload) {
-		return Event{}, fmt.Errorf("%w: message %s (%s) body is not JSON", ErrInvalidEvent, msg.UUID, e.Name)
-	}
-	e.Data = json.RawMessage(msg.Payload)
+	e.Type, _ = ParseEventType(env.Type) // driver.Decode checked it
 	e.checked = e.Data
 	return e, nil
-}
-
-// parseTime parses an RFC 3339 time as time.Parse(time.RFC3339Nano, s)
-// does, returned in UTC. Times this package writes
-// ("2006-01-02T15:04:05.999999999Z") are read directly, at a third of the
-// cost: this runs for every event consumed. Anything else, including every
-// invalid time, goes to time.Parse.
-func parseTime(s string) (time.Time, error) {
-	if t, ok := parseUTCTime(s); ok {
-		return t, nil
-	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	return t.UTC(), err
-}
-
-func parseUTCTime(s string) (time.Time, bool) {
-	if len(s) < len("2006-01-02T15:04:05Z") || len(s) > len("2006-01-02T15:04:05.999999999Z") ||
-		s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' || s[len(s)-1] != 'Z' {
-		return time.Time{}, false
-	}
-	num := func(from, to int) int {
-		n := 0
-		for i := from; i < to; i++ {
-			c := s[i] - '0'
-			if c > 9 {
-				return -1
-			}
-			n = n*10 + int(c)
-		}
-		return n
-	}
-	year, month, day := num(0, 4), num(5, 7), num(8, 10)
-	hour, minute, sec := num(11, 13), num(14, 16), num(17, 19)
-	if year < 0 || month < 1 || month > 12 || day < 1 || day > daysIn(time.Month(month), year) ||
-		hour < 0 || hour > 23 || minute < 0 || minute > 59 || sec < 0 || sec > 59 {
-		return time.Time{}, false
-	}
-	nsec := 0
-	if frac := s[19 : len(s)-1]; frac != "" {
-		if len(frac) < 2 || frac[0] != '.' {
-			return time.Time{}, false
-		}
-		if nsec = num(20, len(s)-1); nsec < 0 {
-			return time.Time{}, false
-		}
-		for range 10 - len(frac) {
-			nsec *= 10
-		}
-	}
-	return time.Date(year, time.Month(month), day, hour, minute, sec, nsec, time.UTC), true
-}
-
-func daysIn(m time.Month, year int) int {
-	if m == time.February {
-		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
-			return 29
-		}
-		return 28
-	}
-	return 30 + int((m+m/8)&1)
-}
-
-// maxFastJSON is the largest body validated with gjson: a body of at most
-// 2*10,000 bytes cannot nest deeper than encoding/json's limit of 10,000
-// levels.
-const maxFastJSON = 2 * 10_000
-
-// validJSON reports whether b is valid JSON, as encoding/json.Valid does.
-// gjson's validator accepts the same documents at about three times the
-// speed, and this check runs for every event consumed; but it recurses once
-// per nesting level without a limit, so a large, deeply nested body ("[[[[...")
-// would overflow the goroutine stack, a fatal error no recover can stop, and
-// crash the consumer on every redelivery. Larger bodies therefore go to
-// encoding/json, which rejects nesting deeper than 10,000 levels.
-func validJSON(b []byte) bool {
-	if len(b) <= maxFastJSON {
-		return gjson.ValidBytes(b)
-	}
-	return json.Valid(b)
 }

@@ -6,7 +6,7 @@
 //	func TestWelcomeMail(t *testing.T) {
 //		h := eventbustest.New(t)
 //		h.Subscribe("user.registered", mailer.HandleUserRegistered(h.Bus))
-//		h.Publish(h.NewEvent("user.registered", eventbus.Domain, UserRegistered{ID: "42"}))
+//		h.Publish(h.NewEvent("user.registered", UserRegistered{ID: "42"}))
 //		h.WaitHandled("user.registered")
 //		mail := h.WaitPublished("mail.sent")
 //		// ... assert on mail
@@ -68,7 +68,7 @@ type config struct {
 	service string
 	timeout time.Duration
 	policy  eventbus.Policy
-	busOpts []eventbus.Option
+	busCfg  func(*eventbus.Config)
 	logger  *slog.Logger
 }
 
@@ -84,10 +84,11 @@ func WithTimeout(d time.Duration) Option { return func(c *config) { c.timeout = 
 // short backoff so that poisoning happens quickly in tests.
 func WithPolicy(p eventbus.Policy) Option { return func(c *config) { c.policy = p } }
 
-// WithBusOptions passes options to eventbus.New for every bus the harness
-// makes.
-func WithBusOptions(opts ...eventbus.Option) Option {
-	return func(c *config) { c.busOpts = append(c.busOpts, opts...) }
+// WithBusConfig lets f adjust the configuration of every bus the harness
+// makes (middleware, an idempotency store), after the harness set the
+// service name, URL, logger and policy.
+func WithBusConfig(f func(*eventbus.Config)) Option {
+	return func(c *config) { c.busCfg = f }
 }
 
 // WithLogger sets the buses' logger. The default writes warnings and errors
@@ -211,10 +212,13 @@ func (h *Harness) Timeout() time.Duration { return h.cfg.timeout }
 // test ends.
 func (h *Harness) NewBus(service string) *eventbus.Bus {
 	h.t.Helper()
-	opts := append([]eventbus.Option{eventbus.WithMiddleware(h.recordCalls(service))}, h.cfg.busOpts...)
-	b, err := eventbus.New(h.t.Context(), eventbus.Config{
-		ServiceName: service, URL: h.url, Logger: h.cfg.logger, Policy: h.cfg.policy,
-	}, opts...)
+	cfg := eventbus.Config{ServiceName: service, URL: h.url, Logger: h.cfg.logger, Policy: h.cfg.policy}
+	if h.cfg.busCfg != nil {
+		h.cfg.busCfg(&cfg)
+	}
+	// Outermost, so that every call is recorded as the handler saw it.
+	cfg.Middleware = append([]eventbus.Middleware{h.recordCalls(service)}, cfg.Middleware...)
+	b, err := eventbus.New(h.t.Context(), cfg)
 	if err != nil {
 		h.t.Fatalf("eventbustest: opening a bus for service %q: %v", service, err)
 	}
@@ -264,11 +268,11 @@ func (h *Harness) Subscribe(pattern string, handler eventbus.Handler, opts ...ev
 	}
 }
 
-// NewEvent returns an event from the harness's service, failing the test if
-// the name or data are invalid.
-func (h *Harness) NewEvent(name string, typ eventbus.EventType, data any, opts ...eventbus.EventOption) eventbus.Event {
+// NewEvent returns an event from the harness's service (options as for
+// eventbus.NewEvent), failing the test if the name or data are invalid.
+func (h *Harness) NewEvent(name string, data any, opts ...eventbus.EventOption) eventbus.Event {
 	h.t.Helper()
-	ev, err := eventbus.NewEvent(name, h.Bus.ServiceName(), typ, data, opts...)
+	ev, err := eventbus.NewEvent(name, data, append([]eventbus.EventOption{eventbus.WithSource(h.cfg.service)}, opts...)...)
 	if err != nil {
 		h.t.Fatalf("eventbustest: NewEvent(%q): %v", name, err)
 	}
@@ -374,19 +378,11 @@ func (h *Harness) busFor(service string) (*eventbus.Bus, error) {
 
 // recordCalls is the bus middleware that records handler calls. It runs
 // inside the failure policy, so every attempt is one call.
-func (h *Harness) recordCalls(service string) message.HandlerMiddleware {
-	return func(next message.HandlerFunc) message.HandlerFunc {
-		return func(msg *message.Message) (out []*message.Message, err error) {
-			ctx := msg.Context()
-			ev, derr := eventbus.DecodeMessage(msg)
-			if derr != nil {
-				return next(msg) // undecodable: the handler is not called
-			}
-			// Brokers that cannot route by name deliver events the
-			// subscription's pattern does not match; the bus skips them.
-			if p, perr := eventbus.CompilePattern(message.SubscribeTopicFromCtx(ctx)); perr == nil && !p.Match(ev.Name) {
-				return next(msg)
-			}
+func (h *Harness) recordCalls(service string) eventbus.Middleware {
+	return func(next eventbus.Handler) eventbus.Handler {
+		return func(ctx context.Context, ev eventbus.Event) (err error) {
+			// The bus runs handlers on a Watermill router, whose handler
+			// name is the subscription's group, "<service>.<subscription>".
 			sub := strings.TrimPrefix(message.HandlerNameFromCtx(ctx), service+".")
 			start := time.Now()
 			panicked := true
@@ -397,10 +393,10 @@ func (h *Harness) recordCalls(service string) message.HandlerMiddleware {
 					panic(r)
 				}
 			}()
-			out, err = next(msg)
+			err = next(ctx, ev)
 			panicked = false
 			h.rec.addCall(Call{Service: service, Subscription: sub, Event: ev, Err: err, Start: start, End: time.Now()})
-			return out, err
+			return err
 		}
 	}
 }

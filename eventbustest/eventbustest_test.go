@@ -29,14 +29,14 @@ func TestHandledAndPublishedByHandler(t *testing.T) {
 		if err := ev.Decode(&u); err != nil {
 			return eventbus.Permanent(err)
 		}
-		mail, err := eventbus.NewEvent("mail.sent", "mailer", eventbus.Notification, map[string]string{"to": u.UserID})
+		mail, err := eventbus.NewEvent("mail.sent", map[string]string{"to": u.UserID}, eventbus.WithSource("mailer"), eventbus.WithType(eventbus.Notification))
 		if err != nil {
 			return err
 		}
 		return h.Bus.Publish(ctx, mail)
 	})
 
-	ev := h.NewEvent("user.registered", eventbus.Domain, userRegistered{UserID: "42"})
+	ev := h.NewEvent("user.registered", userRegistered{UserID: "42"})
 	h.Publish(ev)
 
 	if got := h.WaitHandled("user.*"); got.ID != ev.ID {
@@ -66,7 +66,7 @@ func TestWaitIsSatisfiedByEarlierEvents(t *testing.T) {
 		close(done)
 		return nil
 	})
-	h.Publish(h.NewEvent("ping", eventbus.System, nil))
+	h.Publish(h.NewEvent("ping", nil, eventbus.WithType(eventbus.System)))
 	<-done
 	// The call has returned; the record follows immediately after, and the
 	// wait must find it however late it starts.
@@ -79,7 +79,7 @@ func TestRetriedThenPoisoned(t *testing.T) {
 	boom := errors.New("warehouse unavailable")
 	h.Subscribe("order.#", func(context.Context, eventbus.Event) error { return boom }, eventbus.SubscriptionName("ship"))
 
-	ev := h.NewEvent("order.placed", eventbus.Domain, map[string]int{"qty": 1})
+	ev := h.NewEvent("order.placed", map[string]int{"qty": 1})
 	h.Publish(ev)
 
 	p := h.WaitPoisoned("order.*", eventbustest.BySubscription("ship"))
@@ -103,7 +103,7 @@ func TestRetriedThenPoisoned(t *testing.T) {
 func TestPanicIsRecordedAsFailure(t *testing.T) {
 	h := eventbustest.New(t, eventbustest.WithPolicy(eventbus.Policy{MaxAttempts: 1}))
 	h.Subscribe("job", func(context.Context, eventbus.Event) error { panic("nil map") })
-	h.Publish(h.NewEvent("job", eventbus.System, nil))
+	h.Publish(h.NewEvent("job", nil, eventbus.WithType(eventbus.System)))
 	h.WaitPoisoned("job")
 	calls := h.Handled()
 	if len(calls) != 1 || calls[0].Err == nil || !strings.Contains(calls[0].Err.Error(), "panic: nil map") {
@@ -135,7 +135,7 @@ func TestCompetingConsumersAndFanOut(t *testing.T) {
 	const n = 10
 	evs := make([]eventbus.Event, n)
 	for i := range evs {
-		evs[i] = h.NewEvent("job.created", eventbus.Domain, map[string]int{"n": i})
+		evs[i] = h.NewEvent("job.created", map[string]int{"n": i})
 	}
 	h.Publish(evs...)
 
@@ -178,7 +178,7 @@ func TestForeignServiceOnHarnessURL(t *testing.T) {
 	if err := other.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	ev := h.NewEvent("invoice.requested", eventbus.Integration, map[string]string{"customer": "c-1"})
+	ev := h.NewEvent("invoice.requested", map[string]string{"customer": "c-1"}, eventbus.WithType(eventbus.Integration))
 	h.Publish(ev)
 	p := h.WaitPoisoned("invoice.*", eventbustest.InService("billing"), eventbustest.CorrelatedWith(ev.ID))
 	if p.Event.ID != ev.ID || p.Attempts != 1 {
@@ -230,8 +230,8 @@ func TestFailureMessageListsWhatHappened(t *testing.T) {
 	h := eventbustest.New(ftb, eventbustest.WithServiceName("shop"), eventbustest.WithPolicy(eventbus.Policy{MaxAttempts: 1}))
 	h.Subscribe("user.registered", func(context.Context, eventbus.Event) error { return nil })
 	h.Subscribe("payment.#", func(context.Context, eventbus.Event) error { return errors.New("card declined") })
-	user := h.NewEvent("user.registered", eventbus.Domain, userRegistered{UserID: "7"})
-	pay := h.NewEvent("payment.requested", eventbus.Domain, map[string]int{"cents": 100})
+	user := h.NewEvent("user.registered", userRegistered{UserID: "7"})
+	pay := h.NewEvent("payment.requested", map[string]int{"cents": 100})
 	h.Publish(user, pay)
 	h.WaitHandled("user.registered")
 	h.WaitPoisoned("payment.requested")

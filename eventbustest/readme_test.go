@@ -12,13 +12,13 @@ import (
 func TestREADMEWelcomeCampaign(t *testing.T) {
 	h := eventbustest.New(t)
 	h.Subscribe("user.registered", func(ctx context.Context, ev eventbus.Event) error {
-		campaign, err := eventbus.NewEvent("marketing.campaign.started", "marketing", eventbus.Integration, nil)
+		campaign, err := eventbus.NewEvent("marketing.campaign.started", nil, eventbus.WithSource("marketing"), eventbus.WithType(eventbus.Integration))
 		if err != nil {
 			return err
 		}
 		return h.Bus.Publish(ctx, campaign) // your handler, under test
 	})
-	registered := h.NewEvent("user.registered", eventbus.Domain, map[string]string{"user_id": "1"})
+	registered := h.NewEvent("user.registered", map[string]string{"user_id": "1"})
 	h.Publish(registered)
 	started := h.WaitPublished("marketing.campaign.started")
 	if started.CausationID != registered.ID {

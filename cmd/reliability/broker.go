@@ -16,6 +16,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // target is the broker a scenario runs against and the fault it suffers.
@@ -69,7 +70,7 @@ const probeTimeout = time.Second
 func probe(ctx context.Context, rawURL string) error {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return fmt.Errorf("broker URL %s: %w", eventbus.RedactURL(rawURL), err)
+		return fmt.Errorf("broker URL %s: %w", driver.RedactURL(rawURL), err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()

@@ -112,6 +112,7 @@ import (
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // settings are the flags of a run.
@@ -280,7 +281,7 @@ func parseFlags(args []string, stderr io.Writer) (settings, error) {
 	if s.url != "" {
 		u, err := url.Parse(s.url)
 		if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps" && u.Scheme != "kafka") {
-			return s, fmt.Errorf("-url %s: want an amqp://, amqps:// or kafka:// URL", eventbus.RedactURL(s.url))
+			return s, fmt.Errorf("-url %s: want an amqp://, amqps:// or kafka:// URL", driver.RedactURL(s.url))
 		}
 		s.scenario = "custom"
 	}
@@ -312,7 +313,7 @@ func openTarget(ctx context.Context, s settings, name string) (target, error) {
 	if name == "custom" {
 		return target{
 			url:      s.url,
-			describe: "your broker at " + eventbus.RedactURL(s.url),
+			describe: "your broker at " + driver.RedactURL(s.url),
 			fault:    commandFault(s.stopCmd, s.startCmd),
 		}, nil
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	// The transports register the amqp:// and kafka:// schemes.
 	_ "github.com/paissive/go-eventbus/transports/amqp"
 	_ "github.com/paissive/go-eventbus/transports/kafka"
@@ -237,7 +238,7 @@ func publishBatch(ctx context.Context, s settings, pub *eventbus.Bus, rec *recor
 	ids := make([]string, n)
 	for j := range n {
 		ids[j] = fmt.Sprintf("%s%06d", rec.prefix, first+j)
-		ev, err := eventbus.NewEvent(eventName, pubService, eventbus.Domain, map[string]int{"seq": first + j}, eventbus.WithID(ids[j]))
+		ev, err := eventbus.NewEvent(eventName, map[string]int{"seq": first + j}, eventbus.WithSource(pubService), eventbus.WithID(ids[j]))
 		if err != nil {
 			panic(err) // the name and data are constants of this program
 		}

@@ -172,7 +172,7 @@ func (s *service) publish(ctx context.Context, bus *eventbus.Bus, names ...strin
 	evs := make([]eventbus.Event, len(names))
 	ids := make([]string, len(names))
 	for i, name := range names {
-		ev, err := userRegistered.NewEvent(bus.ServiceName(), UserRegistered{UserID: "u-" + name, Username: name, Email: name + "@example.com"}, eventbus.Domain)
+		ev, err := userRegistered.NewEvent(UserRegistered{UserID: "u-" + name, Username: name, Email: name + "@example.com"})
 		if err != nil {
 			return nil, err
 		}

@@ -141,7 +141,7 @@ func (s *scenario) marketingInstance(bus *eventbus.Bus, instance string) error {
 			}
 			// Published with the handler's ctx: the campaign event inherits
 			// the registration's correlation ID.
-			c, err := campaignStarted.NewEvent(bus.ServiceName(), CampaignStarted{Campaign: "welcome", UserID: u.UserID}, eventbus.Integration)
+			c, err := campaignStarted.NewEvent(CampaignStarted{Campaign: "welcome", UserID: u.UserID}, eventbus.WithType(eventbus.Integration))
 			if err != nil {
 				return err
 			}
@@ -294,19 +294,19 @@ func run(ctx context.Context, out io.Writer, url string) (Result, error) {
 		}
 	}
 	for i, name := range []string{"ada", "bob", "cy", "dee"} {
-		if err := add(users)(userRegistered.NewEvent("user-service", UserEvent{UserID: fmt.Sprintf("u-%d", i+1), Username: name}, eventbus.Domain)); err != nil {
+		if err := add(users)(userRegistered.NewEvent(UserEvent{UserID: fmt.Sprintf("u-%d", i+1), Username: name}, eventbus.WithSource("user-service"))); err != nil {
 			return s.res, err
 		}
 	}
 	for i, name := range []string{"ada", "bob"} {
-		if err := add(users)(userUpgraded.NewEvent("user-service", UserEvent{UserID: fmt.Sprintf("u-%d", i+1), Username: name, Plan: "pro"}, eventbus.Domain)); err != nil {
+		if err := add(users)(userUpgraded.NewEvent(UserEvent{UserID: fmt.Sprintf("u-%d", i+1), Username: name, Plan: "pro"}, eventbus.WithSource("user-service"))); err != nil {
 			return s.res, err
 		}
 	}
-	if err := add(niche)(eventbus.NewEvent("niche.analysis.completed", "niche-analysis", eventbus.Integration, Completed{JobID: "na-1", Summary: "home fitness scores 82"})); err != nil {
+	if err := add(niche)(eventbus.NewEvent("niche.analysis.completed", Completed{JobID: "na-1", Summary: "home fitness scores 82"}, eventbus.WithSource("niche-analysis"), eventbus.WithType(eventbus.Integration))); err != nil {
 		return s.res, err
 	}
-	if err := add(content)(eventbus.NewEvent("content.generation.completed", "content-generation", eventbus.Integration, Completed{JobID: "cg-1", Summary: "10 blog posts drafted"})); err != nil {
+	if err := add(content)(eventbus.NewEvent("content.generation.completed", Completed{JobID: "cg-1", Summary: "10 blog posts drafted"}, eventbus.WithSource("content-generation"), eventbus.WithType(eventbus.Integration))); err != nil {
 		return s.res, err
 	}
 

@@ -167,13 +167,13 @@ func (s *scenario) onRequested(ctx context.Context, r AnalysisRequested, ev even
 	}
 	completed, opps := analyse(r)
 	fmt.Fprintf(s.out, "analyse   %s %q: keyword scores %v\n", r.AnalysisID, r.Niche, completed.Keywords)
-	c, err := analysisCompleted.NewEvent(s.bus.ServiceName(), completed, eventbus.Domain)
+	c, err := analysisCompleted.NewEvent(completed)
 	if err != nil {
 		return err
 	}
 	out := []eventbus.Event{c}
 	for _, o := range opps {
-		e, err := opportunityIdentified.NewEvent(s.bus.ServiceName(), o, eventbus.Domain, eventbus.WithPartitionKey(r.AnalysisID))
+		e, err := opportunityIdentified.NewEvent(o, eventbus.WithPartitionKey(r.AnalysisID))
 		if err != nil {
 			return err
 		}
@@ -271,7 +271,7 @@ func run(ctx context.Context, out io.Writer, url string) (Result, error) {
 	var events []eventbus.Event
 	wantOpps := 0
 	for _, r := range requests {
-		ev, err := analysisRequested.NewEvent(bus.ServiceName(), r, eventbus.Domain)
+		ev, err := analysisRequested.NewEvent(r)
 		if err != nil {
 			return s.res, err
 		}
@@ -282,7 +282,7 @@ func run(ctx context.Context, out io.Writer, url string) (Result, error) {
 	}
 
 	// The schema refuses to make an event of invalid data...
-	_, err = analysisRequested.NewEvent(bus.ServiceName(), AnalysisRequested{AnalysisID: "na-x", Keywords: []string{"x"}, RequestedBy: "not-an-email"}, eventbus.Domain)
+	_, err = analysisRequested.NewEvent(AnalysisRequested{AnalysisID: "na-x", Keywords: []string{"x"}, RequestedBy: "not-an-email"})
 	if err == nil {
 		return s.res, fmt.Errorf("the schema accepted an analysis request without a niche")
 	}
@@ -292,8 +292,7 @@ func run(ctx context.Context, out io.Writer, url string) (Result, error) {
 	// ...and a producer that bypasses it (stamping the version it means
 	// to write) gets its event poisoned by the typed handler, at once:
 	// invalid data is a permanent failure.
-	invalid, err := eventbus.NewEvent(analysisRequested.Name(), "legacy-importer", eventbus.Domain, map[string]any{"analysis_id": "na-3", "keywords": []string{}},
-		eventbus.WithDataVersion(analysisRequested.Version()))
+	invalid, err := eventbus.NewEvent(analysisRequested.Name(), map[string]any{"analysis_id": "na-3", "keywords": []string{}}, eventbus.WithSource("legacy-importer"), eventbus.WithDataVersion(analysisRequested.Version()))
 	if err != nil {
 		return s.res, err
 	}

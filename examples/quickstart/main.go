@@ -59,13 +59,13 @@ func run(ctx context.Context, out io.Writer, url string) error {
 	// It says which version of the user.registered data it carries, which
 	// the schema handler checks (a versioned schema rejects unversioned
 	// events unless it declares AssumeVersion).
-	ev, err := eventbus.NewEvent("user.registered", "my-service", eventbus.Domain, map[string]string{
+	ev, err := eventbus.NewEvent("user.registered", map[string]string{
 		"user_id": "123", "username": "john_doe", "email": "john.doe@example.com",
-	}, eventbus.WithDataVersion("1"))
+	}, eventbus.WithSource("my-service"), eventbus.WithDataVersion("1"))
 	if err != nil {
 		return err
 	}
-	typed, err := userRegistered.NewEvent("my-service", UserRegistered{UserID: "124", Username: "jane_doe", Email: "jane.doe@example.com"}, eventbus.Domain)
+	typed, err := userRegistered.NewEvent(UserRegistered{UserID: "124", Username: "jane_doe", Email: "jane.doe@example.com"}, eventbus.WithSource("my-service"))
 	if err != nil {
 		return err
 	}

@@ -247,7 +247,7 @@ func (w *workflow) closedOrders() int {
 
 // newEvent makes an event of a schema from the bus's service.
 func newEvent[T any](bus *eventbus.Bus, s *eventbus.Schema[T], data T, opts ...eventbus.EventOption) (eventbus.Event, error) {
-	return s.NewEvent(bus.ServiceName(), data, eventbus.Domain, opts...)
+	return s.NewEvent(data, opts...)
 }
 
 // run places two orders, one of which cannot be fulfilled, and returns once
@@ -369,7 +369,7 @@ func run(ctx context.Context, out io.Writer, url string) (Result, error) {
 	}
 	var events []eventbus.Event
 	for _, o := range placed {
-		ev, err := orderPlaced.NewEvent("orders", o, eventbus.Domain)
+		ev, err := orderPlaced.NewEvent(o, eventbus.WithSource("orders"))
 		if err != nil {
 			return w.res, err
 		}

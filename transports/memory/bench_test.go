@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/transports/memory"
 )
 
@@ -53,7 +54,7 @@ func benchFloor(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer tr.Close()
-	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "floor.bench", Concurrency: 8})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "floor.bench", Concurrency: 8})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func prepare(b *testing.B) []eventbus.Event {
 	evs := make([]eventbus.Event, ring)
 	for i := range evs {
 		var err error
-		evs[i], err = eventbus.NewEvent("bench.event", "bench", eventbus.Domain, payload)
+		evs[i], err = eventbus.NewEvent("bench.event", payload, eventbus.WithSource("bench"))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -36,18 +36,18 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // DefaultBuffer is the number of events a subscription group holds.
 const DefaultBuffer = 1024
 
 func init() {
-	eventbus.Register("mem", eventbus.DriverFunc(open))
+	driver.Register("mem", driver.OpenFunc(open))
 }
 
-// ErrClosed is returned by publishing through a closed transport.
-var ErrClosed = errors.New("memory transport: closed")
+// errClosed is returned by operations on a closed transport.
+var errClosed = fmt.Errorf("memory transport: %w", driver.ErrClosed)
 
 var (
 	brokersMu sync.Mutex
@@ -79,7 +79,7 @@ func getBroker(name string, buffer int) *broker {
 	return b
 }
 
-func open(_ context.Context, cfg eventbus.TransportConfig) (eventbus.Transport, error) {
+func open(_ context.Context, cfg driver.Config) (driver.Transport, error) {
 	u := cfg.URL
 	buffer := DefaultBuffer
 	q := u.Query()
@@ -121,8 +121,14 @@ type broker struct {
 	poison map[string]*poisonStore
 }
 
+// binding is a group's pattern and its matcher.
+type binding struct {
+	pattern string
+	match   func(name string) bool
+}
+
 // bind returns the group, creating it, and adds the pattern to its bindings.
-func (b *broker) bind(name string, p eventbus.Pattern) *group {
+func (b *broker) bind(name string, p binding) *group {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	g, ok := b.groups[name]
@@ -131,7 +137,7 @@ func (b *broker) bind(name string, p eventbus.Pattern) *group {
 		b.groups[name] = g
 	}
 	for _, q := range g.patterns {
-		if q.String() == p.String() {
+		if q.pattern == p.pattern {
 			return g
 		}
 	}
@@ -155,7 +161,7 @@ func (b *broker) route(name string) []*group {
 	gs = []*group{}
 	for _, g := range b.groups {
 		for _, p := range g.patterns {
-			if p.Match(name) {
+			if p.match(name) {
 				gs = append(gs, g)
 				break
 			}
@@ -176,7 +182,7 @@ func (b *broker) group(name string) *group {
 // delivered first.
 type group struct {
 	name     string
-	patterns []eventbus.Pattern // guarded by broker.mu
+	patterns []binding // guarded by broker.mu
 	queue    chan *message.Message
 
 	mu    sync.Mutex
@@ -265,7 +271,7 @@ func (g *group) push(ctx context.Context, abort <-chan struct{}, m *message.Mess
 		case <-ctx.Done():
 			return fmt.Errorf("subscription %s is full (back-pressure): %w", g.name, ctx.Err())
 		case <-abort:
-			return ErrClosed
+			return errClosed
 		}
 		select {
 		case g.queue <- m:
@@ -309,7 +315,7 @@ type transport struct {
 
 func (t *transport) Publisher() message.Publisher { return t.pub }
 
-func (t *transport) NewSubscriber(cfg eventbus.SubscriberConfig) (message.Subscriber, error) {
+func (t *transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscriber, error) {
 	if cfg.Group == "" {
 		return nil, errors.New("memory transport: subscriber needs a group")
 	}
@@ -319,7 +325,7 @@ func (t *transport) NewSubscriber(cfg eventbus.SubscriberConfig) (message.Subscr
 	return &subscriber{t: t, cfg: cfg, closing: make(chan struct{})}, nil
 }
 
-func (t *transport) PoisonQueue() (eventbus.PoisonQueue, error) {
+func (t *transport) PoisonQueue() (driver.PoisonQueue, error) {
 	t.b.mu.Lock()
 	defer t.b.mu.Unlock()
 	p, ok := t.b.poison[t.service]
@@ -332,7 +338,7 @@ func (t *transport) PoisonQueue() (eventbus.PoisonQueue, error) {
 
 func (t *transport) Redeliver(ctx context.Context, group string, msgs ...*message.Message) error {
 	if t.closed.Load() {
-		return ErrClosed
+		return errClosed
 	}
 	g := t.b.group(group)
 	if g == nil {
@@ -361,13 +367,13 @@ type publisher struct{ t *transport }
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	t := p.t
 	if t.closed.Load() {
-		return ErrClosed
+		return errClosed
 	}
 	groups := t.b.route(topic)
-	var failed []eventbus.FailedEvent
+	var failed []driver.Failure
 	for _, m := range msgs {
 		if len(groups) == 0 {
-			failed = append(failed, eventbus.FailedEvent{ID: m.UUID, Name: topic, Err: eventbus.ErrUnroutable})
+			failed = append(failed, driver.Failure{UUID: m.UUID, Err: driver.ErrUnroutable})
 			continue
 		}
 		ctx := m.Context()
@@ -377,13 +383,13 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 				dm = m.Copy()
 			}
 			if err := g.push(ctx, t.ctx.Done(), dm); err != nil {
-				failed = append(failed, eventbus.FailedEvent{ID: m.UUID, Name: topic, Err: err})
+				failed = append(failed, driver.Failure{UUID: m.UUID, Err: err})
 				break
 			}
 		}
 	}
 	if failed != nil {
-		return &eventbus.PublishError{Failed: failed}
+		return &driver.PublishError{Failed: failed}
 	}
 	return nil
 }
@@ -392,7 +398,7 @@ func (p *publisher) Close() error { return nil }
 
 type subscriber struct {
 	t       *transport
-	cfg     eventbus.SubscriberConfig
+	cfg     driver.SubscriberConfig
 	closing chan struct{}
 	once    sync.Once
 	workers sync.WaitGroup
@@ -403,17 +409,16 @@ type subscriber struct {
 // The subscription lasts until the subscriber or the transport closes; ctx
 // only bounds the setup, which never waits.
 func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *message.Message, error) {
-	p, err := eventbus.CompilePattern(pattern)
-	if err != nil {
-		return nil, err
+	if pattern != s.cfg.Pattern || s.cfg.Match == nil {
+		return nil, fmt.Errorf("memory transport: Subscribe(%q) of a subscriber configured for %q (with a Match function)", pattern, s.cfg.Pattern)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if s.t.closed.Load() {
-		return nil, ErrClosed
+		return nil, errClosed
 	}
-	g := s.t.b.bind(s.cfg.Group, p)
+	g := s.t.b.bind(s.cfg.Group, binding{s.cfg.Pattern, s.cfg.Match})
 	out := make(chan *message.Message, s.cfg.Concurrency)
 	stop := make(chan struct{})
 	var workers sync.WaitGroup

@@ -14,6 +14,7 @@ import (
 
 	"github.com/paissive/go-eventbus/contracttests"
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/transports/memory"
 )
 
@@ -48,12 +49,12 @@ func TestBackPressure(t *testing.T) {
 	idleGroup(t, url, "bp")
 	pub := newBus(t, url, "bp-pub")
 	for i := range 2 {
-		ev, _ := eventbus.NewEvent("bp.event", "bp", eventbus.Domain, i)
+		ev, _ := eventbus.NewEvent("bp.event", i, eventbus.WithSource("bp"))
 		if err := pub.Publish(context.Background(), ev); err != nil {
 			t.Fatalf("publishing into free buffer space: %v", err)
 		}
 	}
-	ev, _ := eventbus.NewEvent("bp.event", "bp", eventbus.Domain, 3)
+	ev, _ := eventbus.NewEvent("bp.event", 3, eventbus.WithSource("bp"))
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	err := pub.Publish(ctx, ev)
@@ -89,7 +90,7 @@ func TestBackPressureWakesEveryPublisher(t *testing.T) {
 	for p := range publishers {
 		go func() {
 			for i := range each {
-				ev, _ := eventbus.NewEvent("bpw.event", "bpw", eventbus.Domain, p*each+i)
+				ev, _ := eventbus.NewEvent("bpw.event", p*each+i, eventbus.WithSource("bpw"))
 				if err := pub.Publish(context.Background(), ev); err != nil {
 					errs <- err
 					return
@@ -144,7 +145,7 @@ func TestBackPressureRoomAfterConsumerLeaves(t *testing.T) {
 	tr := idleGroup(t, url, "bpl")
 	pub := newBus(t, url, "bpl-pub")
 	for i := range 16 {
-		ev, _ := eventbus.NewEvent("bpl.event", "bpl", eventbus.Domain, i)
+		ev, _ := eventbus.NewEvent("bpl.event", i, eventbus.WithSource("bpl"))
 		if err := pub.Publish(context.Background(), ev); err != nil {
 			t.Fatal(err)
 		}
@@ -153,11 +154,11 @@ func TestBackPressureRoomAfterConsumerLeaves(t *testing.T) {
 	published := make(chan error, blocked)
 	for i := range blocked {
 		go func() {
-			ev, _ := eventbus.NewEvent("bpl.event", "bpl", eventbus.Domain, 16+i)
+			ev, _ := eventbus.NewEvent("bpl.event", 16+i, eventbus.WithSource("bpl"))
 			published <- pub.Publish(context.Background(), ev)
 		}()
 	}
-	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "bpl.idle", Concurrency: 1})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "bpl.idle", Concurrency: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +202,7 @@ func TestBackPressureHandlerPublishingIntoItsOwnGroup(t *testing.T) {
 	tr := idleGroup(t, url, "lk")
 	pub := newBus(t, url, "lk-pub")
 	publish := func(name string) error {
-		ev, err := eventbus.NewEvent(name, "lk", eventbus.Domain, nil)
+		ev, err := eventbus.NewEvent(name, nil, eventbus.WithSource("lk"))
 		if err != nil {
 			return err
 		}
@@ -241,7 +242,7 @@ func TestBackPressureHandlerPublishingIntoItsOwnGroup(t *testing.T) {
 			defer mu.Unlock()
 			close(aIn)
 			<-goA
-			ev, _ := eventbus.NewEvent("lk.z", "lk", eventbus.Domain, nil)
+			ev, _ := eventbus.NewEvent("lk.z", nil, eventbus.WithSource("lk"))
 			republished <- b.Publish(hctx, ev)
 		case "lk.c":
 			close(cIn)
@@ -286,14 +287,14 @@ func TestBackPressureHandlerPublishingIntoItsOwnGroup(t *testing.T) {
 // idleGroup creates the durable group <service>.idle bound to
 // "<service>.#" and leaves it without consumers, like a RabbitMQ queue
 // whose service is down. It returns the transport that made it.
-func idleGroup(t *testing.T, url, service string) eventbus.Transport {
+func idleGroup(t *testing.T, url, service string) driver.Transport {
 	t.Helper()
 	tr, err := eventbus.OpenTransport(context.Background(), eventbus.Config{ServiceName: service, URL: url})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = tr.Close() })
-	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: service + ".idle", Concurrency: 1})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: service + ".idle", Concurrency: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +333,7 @@ func TestNoGoroutinePerEvent(t *testing.T) {
 	const n = 1000
 	evs := make([]eventbus.Event, n)
 	for i := range evs {
-		evs[i], _ = eventbus.NewEvent("gr.event", "gr", eventbus.Domain, i)
+		evs[i], _ = eventbus.NewEvent("gr.event", i, eventbus.WithSource("gr"))
 	}
 	if err := b.Publish(context.Background(), evs...); err != nil {
 		t.Fatal(err)
@@ -365,7 +366,7 @@ func TestBrokerIsolation(t *testing.T) {
 	if err := b.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	ev, _ := eventbus.NewEvent("iso.event", "iso", eventbus.Domain, nil)
+	ev, _ := eventbus.NewEvent("iso.event", nil, eventbus.WithSource("iso"))
 	if err := a.Publish(context.Background(), ev); !errors.Is(err, eventbus.ErrUnroutable) {
 		t.Errorf("publishing on broker a with a subscriber only on broker b: got %v, want ErrUnroutable", err)
 	}
@@ -392,7 +393,7 @@ func TestCloseGivesBackEventsNobodyRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	cfg := eventbus.SubscriberConfig{Group: "unread.s", Service: "unread", Subscription: "s", Concurrency: 2}
+	cfg := driver.SubscriberConfig{Group: "unread.s", Service: "unread", Subscription: "s", Concurrency: 2}
 	sub, err := tr.NewSubscriber(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -402,7 +403,7 @@ func TestCloseGivesBackEventsNobodyRead(t *testing.T) {
 	}
 	var ids []string
 	for i := range 2 {
-		ev, _ := eventbus.NewEvent(fmt.Sprintf("unread.e%d", i), "unread", eventbus.Domain, i)
+		ev, _ := eventbus.NewEvent(fmt.Sprintf("unread.e%d", i), i, eventbus.WithSource("unread"))
 		ids = append(ids, ev.ID)
 		m := eventbus.EncodeMessage(ev)
 		m.SetContext(context.Background())

@@ -17,7 +17,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/brokertest"
-	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // AMQPURL returns the RabbitMQ URL to run an example on, with an exchange of
@@ -29,8 +29,8 @@ import (
 // amqp transport.
 func AMQPURL(t testing.TB, exchange string) string {
 	t.Helper()
-	if !slices.Contains(eventbus.Schemes(), "amqp") {
-		t.Skipf("skipping RabbitMQ: this example is built without the amqp transport (registered schemes: %v)", eventbus.Schemes())
+	if !slices.Contains(driver.Schemes(), "amqp") {
+		t.Skipf("skipping RabbitMQ: this example is built without the amqp transport (registered schemes: %v)", driver.Schemes())
 	}
 	base := brokertest.AMQPURL(t)
 	t.Cleanup(func() { deleteExchange(t, base, exchange) })

@@ -1,4 +1,4 @@
-package eventbus
+package driver
 
 import (
 	"testing"
@@ -7,7 +7,7 @@ import (
 
 // FuzzParseTime checks that parseTime gives exactly what
 // time.Parse(time.RFC3339Nano, s) gives, in UTC, and that the fast path
-// covers the times EncodeMessage writes.
+// covers the times Encode writes.
 func FuzzParseTime(f *testing.F) {
 	for _, s := range []string{
 		"2026-11-27T04:58:06.123456789Z", "2026-11-27T04:58:06Z", "2026-11-27T04:58:06.1Z",

@@ -1,8 +1,9 @@
-package eventbus_test
+package driver_test
 
 import (
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -12,28 +13,37 @@ import (
 	ceevent "github.com/cloudevents/sdk-go/v2/event"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
-func fullEvent(t *testing.T) eventbus.Event {
+func fullEvent(t *testing.T) driver.Envelope {
 	t.Helper()
-	ev, err := eventbus.NewEvent("order.payment.completed", "billing", eventbus.Integration,
-		map[string]any{"amount": 12.5, "currency": "EUR", "note": "naïve café ☕"},
-		eventbus.WithTime(time.Date(2025, 1, 2, 3, 4, 5, 600700800, time.UTC)),
-		eventbus.WithCorrelationID("corr-1"),
-		eventbus.WithCausationID("cause-1"),
-		eventbus.WithPartitionKey("customer-7"),
-		eventbus.WithDataVersion("3"),
-		eventbus.WithMetadata("tenant", "acme"),
-	)
-	if err != nil {
-		t.Fatal(err)
+	return driver.Envelope{
+		ID: "3f0c2a4e-0000-4000-8000-000000000001", Name: "order.payment.completed", Source: "billing", Type: "integration",
+		Time: time.Date(2025, 1, 2, 3, 4, 5, 600700800, time.UTC), DataVersion: "3", CorrelationID: "corr-1",
+		CausationID: "cause-1", PartitionKey: "customer-7", Metadata: map[string]string{"tenant": "acme"},
+		Data: []byte(`{"amount":12.5,"currency":"EUR","note":"naïve café ☕"}`),
 	}
-	return ev
+}
+
+// assertEventEqual fails unless got and want carry the same event.
+func assertEventEqual(t *testing.T, got, want driver.Envelope) {
+	t.Helper()
+	if !got.Time.Equal(want.Time) {
+		t.Errorf("Time = %v, want %v", got.Time, want.Time)
+	}
+	got.Time, want.Time = time.Time{}, time.Time{}
+	if len(got.Metadata) == 0 && len(want.Metadata) == 0 {
+		got.Metadata, want.Metadata = nil, nil
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("envelope = %+v\nwant %+v", got, want)
+	}
 }
 
 func TestEncodeMessageHeaders(t *testing.T) {
 	ev := fullEvent(t)
-	msg := eventbus.EncodeMessage(ev)
+	msg := driver.Encode(ev)
 	if msg.UUID != ev.ID {
 		t.Errorf("UUID = %q, want the event ID %q", msg.UUID, ev.ID)
 	}
@@ -64,11 +74,11 @@ func TestEncodeMessageHeaders(t *testing.T) {
 	}
 	// The exported names are the wire names.
 	for name, h := range map[string]string{
-		"ce_specversion": eventbus.HeaderSpecVersion, "ce_id": eventbus.HeaderID, "ce_source": eventbus.HeaderSource,
-		"ce_type": eventbus.HeaderType, "ce_time": eventbus.HeaderTime, "ce_eventtype": eventbus.HeaderEventType,
-		"ce_dataversion": eventbus.HeaderDataVersion, "ce_correlationid": eventbus.HeaderCorrelationID,
-		"ce_causationid": eventbus.HeaderCausationID, "ce_partitionkey": eventbus.HeaderPartitionKey,
-		"content-type": eventbus.HeaderContentType, "meta_": eventbus.MetadataPrefix,
+		"ce_specversion": driver.HeaderSpecVersion, "ce_id": driver.HeaderID, "ce_source": driver.HeaderSource,
+		"ce_type": driver.HeaderType, "ce_time": driver.HeaderTime, "ce_eventtype": driver.HeaderEventType,
+		"ce_dataversion": driver.HeaderDataVersion, "ce_correlationid": driver.HeaderCorrelationID,
+		"ce_causationid": driver.HeaderCausationID, "ce_partitionkey": driver.HeaderPartitionKey,
+		"content-type": driver.HeaderContentType, "meta_": driver.MetadataPrefix,
 	} {
 		if name != h {
 			t.Errorf("header constant %q, want %q", h, name)
@@ -77,65 +87,46 @@ func TestEncodeMessageHeaders(t *testing.T) {
 }
 
 func TestEncodeMessageOmitsEmptyOptionalHeaders(t *testing.T) {
-	ev, err := eventbus.NewEvent("a", "s", eventbus.Domain, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := eventbus.EncodeMessage(ev)
-	for _, h := range []string{eventbus.HeaderDataVersion, eventbus.HeaderCausationID, eventbus.HeaderPartitionKey} {
+	ev := driver.Envelope{ID: "i", Name: "a", Source: "s", Type: "domain", Time: time.Now(), Data: []byte("null")}
+	msg := driver.Encode(ev)
+	for _, h := range []string{driver.HeaderDataVersion, driver.HeaderCausationID, driver.HeaderPartitionKey} {
 		if _, ok := msg.Metadata[h]; ok {
 			t.Errorf("header %s present for an empty field", h)
 		}
 	}
 	ev.Data = nil
-	if msg := eventbus.EncodeMessage(ev); string(msg.Payload) != "null" {
+	if msg := driver.Encode(ev); string(msg.Payload) != "null" {
 		t.Errorf("empty Data encodes as %q, want null", msg.Payload)
 	}
 }
 
 func TestWireRoundTrip(t *testing.T) {
 	long := strings.Repeat("λ-long value ", 5000)
-	events := map[string]eventbus.Event{}
+	now := time.Now().UTC()
+	events := map[string]driver.Envelope{}
 	events["full"] = fullEvent(t)
-
-	minimal, err := eventbus.NewEvent("a", "s", eventbus.Notification, json.RawMessage(`{}`))
-	if err != nil {
-		t.Fatal(err)
+	events["minimal"] = driver.Envelope{ID: "m", Name: "a", Source: "s", Type: "notification", Time: now, Data: []byte(`{}`)}
+	events["awkward"] = driver.Envelope{
+		ID: "id with spaces ü", Name: strings.Repeat("x", 255), Source: "service with spaces/and:colons ✓", Type: "system",
+		Time: now, CorrelationID: "日本語", PartitionKey: long,
+		Metadata: map[string]string{
+			"": "empty key", "empty": "", "ce_id": "not the id", "ce_type": "not.the.type", "ce_specversion": "0.3",
+			"content-type": "text/plain", "x-death": "[{count:1}]", "meta_nested": "prefix twice", "poison_reason": "user value",
+			"Mixed-Case Key": "ünïcödé ✓", "long": long,
+		},
+		Data: []byte(`{"s":"\u0000 \"quoted\" \\ ☃ 🎉","n":[1,2.5e10,null,true],"empty":""}`),
 	}
-	events["minimal"] = minimal
-
-	awkward, err := eventbus.NewEvent(strings.Repeat("x", 255), "service with spaces/and:colons ✓", eventbus.System,
-		json.RawMessage(`{"s":"\u0000 \"quoted\" \\ ☃ 🎉","n":[1,2.5e10,null,true],"empty":""}`),
-		eventbus.WithID("id with spaces ü"),
-		eventbus.WithCorrelationID("日本語"),
-		eventbus.WithPartitionKey(long),
-		eventbus.WithMetadata("", "empty key"),
-		eventbus.WithMetadata("empty", ""),
-		eventbus.WithMetadata("ce_id", "not the id"),
-		eventbus.WithMetadata("ce_type", "not.the.type"),
-		eventbus.WithMetadata("ce_specversion", "0.3"),
-		eventbus.WithMetadata("content-type", "text/plain"),
-		eventbus.WithMetadata("x-death", "[{count:1}]"),
-		eventbus.WithMetadata("meta_nested", "prefix twice"),
-		eventbus.WithMetadata("poison_reason", "user value"),
-		eventbus.WithMetadata("Mixed-Case Key", "ünïcödé ✓"),
-		eventbus.WithMetadata("long", long),
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	events["awkward"] = awkward
 
 	for label, ev := range events {
 		t.Run(label, func(t *testing.T) {
-			msg := eventbus.EncodeMessage(ev)
+			msg := driver.Encode(ev)
 			// Simulate the trip through a broker: only UUID, headers and
 			// payload survive.
 			received := message.NewMessage(msg.UUID, append([]byte(nil), msg.Payload...))
 			for k, v := range msg.Metadata {
 				received.Metadata[k] = v
 			}
-			got, err := eventbus.DecodeMessage(received)
+			got, err := driver.Decode(received)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,7 +141,7 @@ func TestWireRoundTrip(t *testing.T) {
 func TestWireRoundTripTimeZone(t *testing.T) {
 	ev := fullEvent(t)
 	ev.Time = time.Date(2025, 6, 1, 12, 0, 0, 1, time.FixedZone("CEST", 2*3600))
-	got, err := eventbus.DecodeMessage(eventbus.EncodeMessage(ev))
+	got, err := driver.Decode(driver.Encode(ev))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,9 +180,9 @@ func TestDecodeMessageErrors(t *testing.T) {
 		{"truncated JSON body", body(`{"a":`), []string{"not JSON"}, nil},
 	}
 	for _, tc := range cases {
-		msg := eventbus.EncodeMessage(fullEvent(t))
+		msg := driver.Encode(fullEvent(t))
 		tc.change(msg)
-		ev, err := eventbus.DecodeMessage(msg)
+		ev, err := driver.Decode(msg)
 		if err == nil {
 			t.Errorf("%s: DecodeMessage = %+v, want an error", tc.label, ev)
 			continue
@@ -213,7 +204,7 @@ func TestDecodeMessageErrors(t *testing.T) {
 	}
 
 	// Raw bytes from a foreign producer: every required header is named.
-	_, err := eventbus.DecodeMessage(message.NewMessage("raw-1", []byte("hello")))
+	_, err := driver.Decode(message.NewMessage("raw-1", []byte("hello")))
 	if !errors.Is(err, eventbus.ErrInvalidEvent) {
 		t.Fatalf("raw message: %v", err)
 	}
@@ -234,9 +225,9 @@ func TestDecodeMessageAccepts(t *testing.T) {
 		"upper-case event type": func(m *message.Message) { m.Metadata["ce_eventtype"] = "INTEGRATION" },
 		"foreign headers":       func(m *message.Message) { m.Metadata["x-death"] = "1"; m.Metadata["_watermill_x"] = "y" },
 	} {
-		msg := eventbus.EncodeMessage(fullEvent(t))
+		msg := driver.Encode(fullEvent(t))
 		change(msg)
-		ev, err := eventbus.DecodeMessage(msg)
+		ev, err := driver.Decode(msg)
 		if err != nil {
 			t.Errorf("%s: %v", label, err)
 			continue
@@ -275,7 +266,7 @@ func toCloudEvent(t *testing.T, msg *message.Message) ceevent.Event {
 
 func TestWireIsCloudEvents(t *testing.T) {
 	ev := fullEvent(t)
-	ce := toCloudEvent(t, eventbus.EncodeMessage(ev))
+	ce := toCloudEvent(t, driver.Encode(ev))
 	if err := ce.Validate(); err != nil {
 		t.Fatalf("the encoded event is not a valid CloudEvent: %v", err)
 	}
@@ -298,7 +289,7 @@ func TestWireIsCloudEvents(t *testing.T) {
 
 	// The check has teeth: without a required attribute Validate fails.
 	for _, h := range []string{"ce_id", "ce_source", "ce_type"} {
-		msg := eventbus.EncodeMessage(ev)
+		msg := driver.Encode(ev)
 		delete(msg.Metadata, h)
 		if err := toCloudEvent(t, msg).Validate(); err == nil {
 			t.Errorf("CloudEvent without %s validates", h)
@@ -339,7 +330,7 @@ func TestDecodeMessageDeeplyNestedBody(t *testing.T) {
 		{"8 Mi levels", nested(8<<20, true)},
 		{"deep object", []byte(strings.Repeat(`{"a":`, 200_000) + "1" + strings.Repeat("}", 200_000))},
 	} {
-		_, err := eventbus.DecodeMessage(withBody(tc.body))
+		_, err := driver.Decode(withBody(tc.body))
 		if want := json.Valid(tc.body); (err == nil) != want {
 			t.Errorf("%s: DecodeMessage error %v, but json.Valid = %v", tc.label, err, want)
 		}
@@ -357,7 +348,7 @@ func FuzzDecodeMessageBody(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		_, err := eventbus.DecodeMessage(withBody(body))
+		_, err := driver.Decode(withBody(body))
 		if want := json.Valid(body); (err == nil) != want {
 			t.Fatalf("DecodeMessage(%q) error %v, but json.Valid = %v", body, err, want)
 		}
@@ -365,23 +356,22 @@ func FuzzDecodeMessageBody(f *testing.F) {
 }
 
 func BenchmarkWire(b *testing.B) {
-	ev, err := eventbus.NewEvent("order.payment.completed", "billing", eventbus.Integration,
-		json.RawMessage(`{"order_id":"o-123456","amount":12.5,"currency":"EUR","lines":[{"sku":"a","qty":1},{"sku":"b","qty":2}]}`),
-		eventbus.WithCorrelationID("corr-1"), eventbus.WithMetadata("tenant", "acme"))
-	if err != nil {
-		b.Fatal(err)
+	ev := driver.Envelope{
+		ID: "8c0e5d4a-1234-4bcd-9876-0123456789ab", Name: "order.payment.completed", Source: "billing", Type: "integration",
+		Time: time.Now(), CorrelationID: "corr-1", Metadata: map[string]string{"tenant": "acme"},
+		Data: []byte(`{"order_id":"o-123456","amount":12.5,"currency":"EUR","lines":[{"sku":"a","qty":1},{"sku":"b","qty":2}]}`),
 	}
 	b.Run("encode", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			eventbus.EncodeMessage(ev)
+			driver.Encode(ev)
 		}
 	})
-	msg := eventbus.EncodeMessage(ev)
+	msg := driver.Encode(ev)
 	b.Run("decode", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := eventbus.DecodeMessage(msg); err != nil {
+			if _, err := driver.Decode(msg); err != nil {
 				b.Fatal(err)
 			}
 		}
