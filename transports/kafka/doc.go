@@ -150,11 +150,11 @@
 // once), so Bus.Start returns when the subscriptions consume. Its ctx
 // bounds only that setup: when it ends first, Subscribe fails and stops
 // the member; once Subscribe returned, the subscription lasts until the
-// subscriber's or the transport's Close. Kafka
-// delays the first rebalance of an empty group by the broker's
-// group.initial.rebalance.delay.ms (3s by default), and the router starts
-// subscriptions one after the other: set it to 0 on development brokers,
-// or use join_timeout=0 where a fast Start matters more.
+// subscriber's or the transport's Close. Kafka delays the first rebalance
+// of an empty group by the broker's group.initial.rebalance.delay.ms (3s
+// by default), and the router starts subscriptions one after the other:
+// set it to 0 on development brokers, or use join_timeout=0 where a fast
+// Start matters more.
 //
 // At most the subscription's Concurrency messages are delivered and not
 // yet acknowledged, across all its partitions; with Concurrency 1, events

@@ -185,8 +185,8 @@ func runOutage(t *testing.T, fault func(*faultnet.Listener), outage time.Duratio
 	mu.Lock()
 	res.reordered = reordered
 	mu.Unlock()
-	t.Logf("%d events: published %d, failed %d (later than 1s after Heal: %d), lost %d, duplicates %d, handled out of key order %d, slowest Publish %v; first error: %v",
-		total, res.published, res.failed, res.failedLate, res.lost, res.duplicates, res.reordered, res.maxLatency.Round(time.Millisecond), res.firstErr)
+	t.Logf("%s: %d events: published %d, failed %d (later than 1s after Heal: %d), lost %d, duplicates %d, handled out of key order %d, slowest Publish %v; first error: %v",
+		t.Name(), total, res.published, res.failed, res.failedLate, res.lost, res.duplicates, res.reordered, res.maxLatency.Round(time.Millisecond), res.firstErr)
 	return res
 }
 
