@@ -183,7 +183,9 @@ var fastPolicy = eventbus.Policy{MaxAttempts: 3, InitialBackoff: 5 * time.Millis
 
 func (e *env) busWith(cfg eventbus.Config) *eventbus.Bus {
 	e.t.Helper()
-	cfg.URL = e.url
+	if cfg.URL == "" {
+		cfg.URL = e.url
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = e.log
 	}

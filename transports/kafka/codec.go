@@ -57,6 +57,24 @@ func encode(topic string, msg *message.Message) *sarama.ProducerMessage {
 	return pm
 }
 
+// recordBatchOverhead is the size of the header of a Kafka record batch
+// (message format v2): base offset, length, leader epoch, magic, CRC,
+// attributes, last offset delta, two timestamps, producer ID, epoch, base
+// sequence and record count.
+const recordBatchOverhead = 61
+
+// recordSize is the size of rec as Kafka counts it against a topic's
+// max.message.bytes when rec is alone in its batch: the batch header plus
+// the record with its key, value and headers. The varints of the record
+// are counted at their widest (Sarama's ProducerMessage.ByteSize), so the
+// count is at most 29 bytes, plus 8 per header, above the encoded size and
+// never below it: a record that passes is never refused by the broker for
+// its size, and neither is a batch Sarama fills up to the same limit (see
+// Transport.producerConfig).
+func recordSize(rec *sarama.ProducerMessage) int {
+	return recordBatchOverhead + rec.ByteSize(2)
+}
+
 // payload never returns nil: a nil record value is a tombstone to Kafka.
 func payload(msg *message.Message) []byte {
 	if msg.Payload == nil {

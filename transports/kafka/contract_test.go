@@ -19,6 +19,12 @@ func TestContract(t *testing.T) {
 			URL:               func(t testing.TB) string { return testURL(t) },
 			RetainsUnroutable: true,
 			Parallel:          true,
+			// Faults on an in-process cluster of the test's own, whose
+			// listener the test cuts or freezes.
+			Faulty: func(t testing.TB) (string, contracttests.Faults) {
+				ln, addrs := faultCluster(t)
+				return faultURL(addrs), ln
+			},
 		})
 	})
 }

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+
+	"github.com/paissive/go-eventbus/eventbus"
 )
 
 // Mapping names how event names map to Kafka topics; see the package
@@ -33,8 +35,10 @@ const (
 	// DefaultPartitions is the partition count of event topics the
 	// transport creates.
 	DefaultPartitions = 8
-	// DefaultMaxMessageBytes is the largest record the producer sends and
-	// the max.message.bytes of the topics the transport creates (4 MiB).
+	// DefaultMaxMessageBytes is the largest event record the producer
+	// sends, counted as Kafka does (see the package documentation), and
+	// the max.message.bytes of the event and replay topics the transport
+	// creates (4 MiB); poison topics get PoisonHeadroom more.
 	DefaultMaxMessageBytes = 4 << 20
 	// DefaultJoinTimeout bounds how long Subscribe waits for the consumer
 	// to join its group before returning anyway.
@@ -42,6 +46,26 @@ const (
 	// DefaultPort is used for broker addresses without a port.
 	DefaultPort = "9092"
 )
+
+// Bounds of max_message_bytes. The upper bound leaves room for the poison
+// headroom within Sarama's 100 MiB request limit (sarama.MaxRequestSize).
+const (
+	// MinMaxMessageBytes is the smallest max_message_bytes accepted.
+	MinMaxMessageBytes = 1024
+	// MaxMaxMessageBytes is the largest max_message_bytes accepted
+	// (64 MiB).
+	MaxMaxMessageBytes = 64 << 20
+)
+
+// PoisonHeadroom is what the poison topic allows beyond max_message_bytes:
+// a poison record is the event plus the poison headers, which the bus
+// bounds to a few KiB, so an event at the limit can still be poisoned. The
+// poison topic's max.message.bytes, and the limit of the producer that
+// writes it, are max_message_bytes + PoisonHeadroom.
+const PoisonHeadroom = 1 << 20
+
+// urlForm is how a Kafka URL is written, for errors about unreadable ones.
+const urlForm = "kafka://[user:password@]host[:port][,host[:port]...][/?param=value&...]"
 
 // DefaultVersion is the Kafka protocol version the transport speaks unless
 // the URL sets ?version=. 2.1 is the oldest protocol Kafka 4 still accepts
@@ -82,17 +106,30 @@ func parseOptions(u *url.URL) (options, error) {
 	if u.Scheme != "kafka" {
 		return o, fmt.Errorf("kafka transport: URL scheme %q, want kafka", u.Scheme)
 	}
-	for _, h := range strings.Split(u.Host, ",") {
-		if h == "" {
-			continue
-		}
-		if _, _, err := net.SplitHostPort(h); err != nil {
-			h = net.JoinHostPort(h, DefaultPort)
-		}
-		o.brokers = append(o.brokers, h)
+	// A URL the transport cannot read is an error, never a guess: with
+	// "kafka:host:9092" (no "//") url.Parse puts everything in Opaque and
+	// the broker list would be empty or, worse, a default.
+	unreadable := func(why string) error {
+		return fmt.Errorf("kafka transport: cannot read URL %s: %s; write %s", eventbus.RedactURL(u.String()), why, urlForm)
 	}
-	if len(o.brokers) == 0 {
-		return o, fmt.Errorf("kafka transport: the URL names no broker; write kafka://host:port[,host:port...]")
+	if u.Opaque != "" {
+		return o, unreadable("no \"//\" after \"kafka:\"")
+	}
+	if u.Path != "" && u.Path != "/" {
+		return o, unreadable(fmt.Sprintf("unexpected path %q (topics are derived from event names; the namespace is ?prefix=)", u.Path))
+	}
+	if u.Fragment != "" {
+		return o, unreadable("unexpected fragment")
+	}
+	if u.Host == "" {
+		return o, unreadable("the URL names no broker")
+	}
+	for _, h := range strings.Split(u.Host, ",") {
+		addr, err := brokerAddr(h)
+		if err != nil {
+			return o, unreadable(err.Error())
+		}
+		o.brokers = append(o.brokers, addr)
 	}
 	if u.User != nil {
 		o.user = u.User.Username()
@@ -170,8 +207,8 @@ func parseOptions(u *url.URL) (options, error) {
 			}
 		case "max_message_bytes":
 			n, err := strconv.Atoi(v)
-			if err != nil || n < 1024 {
-				return o, bad("must be an integer of at least 1024")
+			if err != nil || n < MinMaxMessageBytes || n > MaxMaxMessageBytes {
+				return o, bad(fmt.Sprintf("must be an integer from %d to %d", MinMaxMessageBytes, MaxMaxMessageBytes))
 			}
 			o.maxMessageBytes = n
 		case "join_timeout":
@@ -192,6 +229,37 @@ func parseOptions(u *url.URL) (options, error) {
 	}
 	return o, nil
 }
+
+// brokerAddr checks one host[:port] of the URL's broker list and adds the
+// default port when there is none.
+func brokerAddr(h string) (string, error) {
+	if h == "" {
+		return "", fmt.Errorf("empty entry in the broker list")
+	}
+	if strings.TrimSpace(h) != h || strings.ContainsAny(h, " \t/") {
+		return "", fmt.Errorf("broker %q contains a space or '/'", h)
+	}
+	host, port, err := net.SplitHostPort(h)
+	if err != nil {
+		// No port: "host", "[::1]".
+		host, port = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"), DefaultPort
+		if strings.Contains(host, ":") && !strings.HasPrefix(h, "[") || strings.ContainsAny(host, "[]") {
+			return "", fmt.Errorf("broker %q is not host or host:port (IPv6 addresses go in brackets: [::1]:9092)", h)
+		}
+	}
+	if host == "" {
+		return "", fmt.Errorf("broker %q has no host", h)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("broker %q: port %q is not a number from 1 to 65535", h, port)
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// poisonMaxBytes is the largest poison record: the poison topic's
+// max.message.bytes and the poison producer's limit.
+func (o options) poisonMaxBytes() int { return o.maxMessageBytes + PoisonHeadroom }
 
 // validTopic reports whether s is a legal Kafka topic name part.
 func validTopic(s string) bool {
@@ -259,9 +327,9 @@ func (o options) saramaConfig(tlsCfg *tls.Config) *sarama.Config {
 }
 
 // topicConfig is the configuration of the topics the transport creates.
-func (o options) topicConfig(replication int16, compact bool) map[string]*string {
+func (o options) topicConfig(replication int16, compact bool, maxBytes int) map[string]*string {
 	s := func(v string) *string { return &v }
-	cfg := map[string]*string{"max.message.bytes": s(strconv.Itoa(o.maxMessageBytes))}
+	cfg := map[string]*string{"max.message.bytes": s(strconv.Itoa(maxBytes))}
 	if replication >= 3 {
 		cfg["min.insync.replicas"] = s("2")
 	}

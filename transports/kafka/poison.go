@@ -8,7 +8,6 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/paissive/go-eventbus/internal/blocking"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
@@ -56,15 +55,9 @@ func (p *poisonQueue) Add(ctx context.Context, msg *message.Message) error {
 
 // bounds returns the partition's oldest offset and its high-water mark.
 func (p *poisonQueue) bounds(ctx context.Context) (oldest, hwm int64, err error) {
-	client := p.t.client
-	err = blocking.Do(ctx, func() error {
-		var err error
-		if oldest, err = client.GetOffset(p.topic, 0, sarama.OffsetOldest); err != nil {
-			return err
-		}
-		hwm, err = client.GetOffset(p.topic, 0, sarama.OffsetNewest)
-		return err
-	})
+	if oldest, err = p.t.getOffset(ctx, p.topic, 0, sarama.OffsetOldest); err == nil {
+		hwm, err = p.t.getOffset(ctx, p.topic, 0, sarama.OffsetNewest)
+	}
 	if err != nil {
 		return 0, 0, fmt.Errorf("kafka transport: poison topic %s: %w", p.topic, err)
 	}
@@ -77,18 +70,11 @@ func (p *poisonQueue) read(ctx context.Context, from, to int64, fn func(*sarama.
 	if from >= to {
 		return nil
 	}
-	consumer, err := blocking.Call(ctx, func() (sarama.Consumer, error) { return sarama.NewConsumerFromClient(p.t.client) },
-		func(c sarama.Consumer) { _ = c.Close() })
-	if err != nil {
-		return err
-	}
-	defer func() { go consumer.Close() }()
-	pc, err := blocking.Call(ctx, func() (sarama.PartitionConsumer, error) { return consumer.ConsumePartition(p.topic, 0, from) },
-		func(pc sarama.PartitionConsumer) { pc.AsyncClose() })
+	pc, release, err := p.t.consumePartition(ctx, p.topic, 0, from)
+	defer release()
 	if err != nil {
 		return fmt.Errorf("kafka transport: reading poison topic %s: %w", p.topic, err)
 	}
-	defer pc.AsyncClose()
 	for {
 		select {
 		case rec, ok := <-pc.Messages():
@@ -214,7 +200,7 @@ func (p *poisonQueue) trim(ctx context.Context, offset int64) {
 	if offset <= 0 {
 		return
 	}
-	err := blocking.Do(ctx, func() error { return p.t.admin.DeleteRecords(p.topic, map[int32]int64{0: offset}) })
+	err := p.t.deleteRecords(ctx, p.topic, map[int32]int64{0: offset})
 	if err != nil && !errors.Is(err, context.Canceled) {
 		p.t.log.Debug("kafka transport: cannot delete records of the poison topic; tombstones hide them", "topic", p.topic, "error", err)
 	}
@@ -234,7 +220,7 @@ func (p *poisonQueue) Purge(ctx context.Context) error {
 	if hwm == 0 {
 		return nil
 	}
-	err = blocking.Do(ctx, func() error { return p.t.admin.DeleteRecords(p.topic, map[int32]int64{0: hwm}) })
+	err = p.t.deleteRecords(ctx, p.topic, map[int32]int64{0: hwm})
 	if err == nil {
 		return nil
 	}

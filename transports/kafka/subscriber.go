@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/blocking"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
@@ -57,9 +59,11 @@ type subscriber struct {
 // Subscribe joins the consumer group of the subscription for the topics
 // the mapping gives pattern, plus the group's replay topic, and returns
 // once the consumer has joined (or after join_timeout, while it keeps
-// trying; at once with join_timeout=0). Records whose "ce_type" does not
-// match pattern are acknowledged without being delivered. The channel
-// closes when the subscriber or the transport closes or ctx ends.
+// trying; at once with join_timeout=0). ctx bounds only this setup: when
+// it ends first, Subscribe returns its error and stops what it started.
+// The subscription then lasts until the subscriber or the transport
+// closes, which closes the channel. Records whose "ce_type" does not
+// match pattern are acknowledged without being delivered.
 func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *message.Message, error) {
 	p, err := eventbus.CompilePattern(pattern)
 	if err != nil {
@@ -70,49 +74,55 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 		return nil, err
 	}
 	replay := s.t.names.replayTopic(s.cfg.Group)
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil, ErrClosed
-	}
-	s.loops.Add(1)
-	s.mu.Unlock()
+	topics = append(topics, replay)
 	for _, topic := range topics {
-		if err := s.t.ensureTopic(ctx, topic, s.t.opts.partitions, false); err != nil {
-			s.loops.Done()
-			return nil, err
+		n := s.t.opts.partitions
+		if topic == replay {
+			n = 1
 		}
-	}
-	if err := s.t.ensureTopic(ctx, replay, 1, false); err != nil {
-		s.loops.Done()
-		return nil, err
+		if err := s.t.ensureTopic(ctx, topic, n, false); err != nil {
+			return nil, fmt.Errorf("kafka transport: subscription %s: %w", s.cfg.Group, err)
+		}
 	}
 	c := &consumer{
 		s:       s,
 		pattern: p,
-		topics:  append(topics, replay),
+		topics:  topics,
 		replay:  replay,
 		out:     make(chan *message.Message),
 		sem:     make(chan struct{}, s.cfg.Concurrency),
 		joined:  make(chan struct{}),
 	}
-	// ctx bounds the setup only: the subscription lasts until the
-	// subscriber or the transport closes.
-	runCtx, cancel := context.WithCancel(context.Background())
-	stop1 := context.AfterFunc(s.t.msgCtx, cancel)
-	go func() {
-		select {
-		case <-s.closing:
-			cancel()
-		case <-runCtx.Done():
-		}
-	}()
-	go func() {
-		defer s.loops.Done()
-		defer stop1()
+	// The subscription outlives ctx: it hangs off the transport.
+	runCtx, cancel := context.WithCancel(s.t.msgCtx)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		cancel()
+		return nil, ErrClosed
+	}
+	s.loops.Add(1)
+	s.mu.Unlock()
+	// Close waits for the consumer (its acknowledgements) only once it was
+	// handed out; a Subscribe that fails leaves it to stop on its own.
+	detach := sync.OnceFunc(s.loops.Done)
+	started := s.t.background(func() {
+		defer detach()
 		defer cancel()
+		go func() {
+			select {
+			case <-s.closing:
+				cancel()
+			case <-runCtx.Done():
+			}
+		}()
 		c.run(runCtx)
-	}()
+	})
+	if !started {
+		detach()
+		cancel()
+		return nil, ErrClosed
+	}
 	d := s.t.opts.joinTimeout
 	if d == 0 {
 		return c.out, nil
@@ -121,14 +131,18 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 	defer tm.Stop()
 	select {
 	case <-c.joined:
-	case <-runCtx.Done():
-	case <-ctx.Done():
-		cancel()
-		return nil, ctx.Err()
+		return c.out, nil
 	case <-tm.C:
 		s.t.log.Warn("kafka transport: the consumer has not joined its group yet; it keeps trying in the background", "group", s.cfg.Group, "waited", d)
+		return c.out, nil
+	case <-runCtx.Done():
+		detach()
+		return nil, ErrClosed
+	case <-ctx.Done():
+		cancel()
+		detach()
+		return nil, fmt.Errorf("kafka transport: subscription %s: the consumer had not joined its group before the deadline (%w); it was stopped", s.cfg.Group, ctx.Err())
 	}
-	return c.out, nil
 }
 
 // Close stops consuming. Messages already delivered stay valid (their
@@ -182,10 +196,14 @@ func (c *consumer) run(ctx context.Context) {
 	}
 	var group sarama.ConsumerGroup
 	for group == nil {
-		g, err := sarama.NewConsumerGroup(t.opts.brokers, groupID, t.sarama)
+		// Creating the group connects and reads metadata, which takes no
+		// ctx: bound it, so that Close does not wait for a frozen broker.
+		g, err := blocking.Call(ctx, func() (sarama.ConsumerGroup, error) {
+			return sarama.NewConsumerGroup(t.opts.brokers, groupID, t.sarama)
+		}, func(g sarama.ConsumerGroup) { _ = g.Close() })
 		if err == nil {
 			group = g
-		} else if !backoff("cannot create the consumer group", err) {
+		} else if ctx.Err() != nil || !backoff("cannot create the consumer group", err) {
 			return
 		}
 	}

@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/blocking"
 )
 
 // ErrClosed is returned by operations on a closed transport.
@@ -39,9 +41,16 @@ type Transport struct {
 
 	msgCtx  context.Context // parent of delivered messages' contexts
 	msgStop context.CancelFunc
+	// life ends when Close starts; background work (topic creation,
+	// consumers) stops with it.
+	life     context.Context
+	lifeStop context.CancelFunc
+	bg       sync.WaitGroup // background goroutines Close waits for (bounded)
+	after    sync.WaitGroup // goroutines that may outlive Close (producers, closing work); tests wait for them
 
-	topicsMu sync.Mutex // serialises topic creation
-	topics   sync.Map   // topic name -> true once it is known to exist
+	topicsMu sync.Mutex
+	topics   sync.Map            // topic name -> true once it is known to exist
+	creating map[string]*topicOp // topics being created, by name
 
 	closeMu sync.Mutex
 	closed  bool
@@ -50,10 +59,19 @@ type Transport struct {
 
 var _ eventbus.Transport = (*Transport)(nil)
 
+// CloseTimeout bounds Transport.Close: it waits this long at most for the
+// producers to flush, the consumers to leave their groups and the
+// connections to close, then returns and lets the rest finish in the
+// background (within Sarama's network timeouts, Net.ReadTimeout 30s at
+// most). Publish calls still waiting for acknowledgements then fail with
+// ErrClosed; their records may still be written.
+const CloseTimeout = 5 * time.Second
+
 // Open connects to the cluster cfg.URL names (kafka://host:port[,...]). It
 // retries the first connection with backoff until ctx ends, so a service
-// that starts before its brokers waits for them. It is the driver
-// registered for "kafka".
+// that starts before its brokers waits for them, and returns by ctx's
+// deadline even when a broker accepts connections and never answers. It
+// is the driver registered for "kafka".
 func Open(ctx context.Context, cfg eventbus.TransportConfig) (eventbus.Transport, error) {
 	return open(ctx, cfg)
 }
@@ -72,23 +90,31 @@ func open(ctx context.Context, cfg eventbus.TransportConfig) (*Transport, error)
 	}
 	log = log.With("transport", "kafka", "brokers", o.brokers)
 	t := &Transport{
-		opts:    o,
-		names:   names{prefix: o.prefix, mapping: o.mapping},
-		service: cfg.ServiceName,
-		log:     log,
-		sarama:  o.saramaConfig(cfg.TLS),
-		subs:    map[*subscriber]struct{}{},
+		opts:     o,
+		names:    names{prefix: o.prefix, mapping: o.mapping},
+		service:  cfg.ServiceName,
+		log:      log,
+		sarama:   o.saramaConfig(cfg.TLS),
+		creating: map[string]*topicOp{},
+		subs:     map[*subscriber]struct{}{},
+	}
+	t.msgCtx, t.msgStop = context.WithCancel(context.Background())
+	t.life, t.lifeStop = context.WithCancel(context.Background())
+	fail := func(err error) (*Transport, error) {
+		t.release()
+		return nil, err
 	}
 	t.client, err = retry(ctx, log, "connect", func() (sarama.Client, error) {
 		return sarama.NewClient(o.brokers, t.sarama)
-	})
+	}, closeClient)
 	if err != nil {
-		return nil, fmt.Errorf("kafka transport: cannot connect to %v: %w", o.brokers, err)
+		return fail(fmt.Errorf("kafka transport: cannot connect to %v: %w", o.brokers, err))
 	}
-	t.admin, err = sarama.NewClusterAdminFromClient(t.client)
+	t.admin, err = retry(ctx, log, "reach the controller", func() (sarama.ClusterAdmin, error) {
+		return sarama.NewClusterAdminFromClient(t.client)
+	}, nil)
 	if err != nil {
-		_ = t.client.Close()
-		return nil, fmt.Errorf("kafka transport: admin client: %w", err)
+		return fail(fmt.Errorf("kafka transport: admin client: %w", err))
 	}
 	t.repl = o.replication
 	if t.repl == 0 {
@@ -99,32 +125,67 @@ func open(ctx context.Context, cfg eventbus.TransportConfig) (*Transport, error)
 	}
 	t.pub, err = newPublisher(ctx, t)
 	if err != nil {
-		_ = t.admin.Close()
-		return nil, err
+		return fail(err)
 	}
-	t.msgCtx, t.msgStop = context.WithCancel(context.Background())
 	t.poison = &poisonQueue{t: t, topic: t.names.poisonTopic(cfg.ServiceName)}
 	return t, nil
 }
 
-// retry calls f with backoff (100ms doubling to 5s, with jitter) until it
-// succeeds or ctx ends, logging each failure once.
-func retry[T any](ctx context.Context, log *slog.Logger, what string, f func() (T, error)) (T, error) {
+// release closes what a failed open had opened, in the background: a
+// client's Close waits for a request in flight to a frozen broker.
+func (t *Transport) release() {
+	t.msgStop()
+	t.lifeStop()
+	if t.client != nil {
+		go closeClient(t.client)
+	}
+}
+
+func closeClient(c sarama.Client) {
+	if err := c.Close(); err != nil && !errors.Is(err, sarama.ErrClosedClient) {
+		sarama.Logger.Println("go-eventbus kafka transport: closing a client:", err)
+	}
+}
+
+// stopRetrying marks an error that retry must return at once.
+type stopRetrying struct{ err error }
+
+func (e stopRetrying) Error() string { return e.err.Error() }
+func (e stopRetrying) Unwrap() error { return e.err }
+
+// retry calls f, bounded by ctx (see bounded), with backoff (100ms
+// doubling to 5s, with jitter) until it succeeds or ctx ends, logging each
+// failure. Errors retrying cannot fix (refused credentials, permissions,
+// certificates, stopRetrying) end it at once. When ctx ends, the error
+// says how many attempts were made and what the last failure was, or that
+// the attempt in progress had no answer yet (a frozen broker).
+func retry[T any](ctx context.Context, log *slog.Logger, what string, f func() (T, error), release func(T)) (T, error) {
 	delay := 100 * time.Millisecond
+	var last error
 	for attempt := 1; ; attempt++ {
-		v, err := f()
+		v, err := blocking.Call(ctx, f, release)
 		if err == nil {
 			return v, nil
 		}
-		if refused(err) {
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			if last == nil {
+				return v, fmt.Errorf("no answer from the cluster before the deadline (%w)", ctx.Err())
+			}
+			return v, fmt.Errorf("after %d attempt(s), the last without an answer before the deadline (%w); the previous one failed: %w", attempt, ctx.Err(), last)
+		}
+		var stop stopRetrying
+		if refused(err) || errors.As(err, &stop) {
 			return v, err
 		}
+		last = err
 		log.Debug("kafka transport: cannot "+what+"; retrying", "attempt", attempt, "error", err)
 		wait := delay/2 + rand.N(delay/2+1)
+		tm := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			tm.Stop()
 			return v, fmt.Errorf("after %d attempt(s) (%w): %w", attempt, ctx.Err(), err)
-		case <-time.After(wait):
+		case <-tm.C:
 		}
 		delay = min(delay*2, 5*time.Second)
 	}
@@ -139,6 +200,56 @@ func refused(err error) bool {
 		errors.Is(err, sarama.ErrClusterAuthorizationFailed) ||
 		errors.Is(err, sarama.ErrTopicAuthorizationFailed) ||
 		errors.Is(err, sarama.ErrGroupAuthorizationFailed)
+}
+
+// transient reports whether another attempt may succeed where err failed:
+// network errors and the Kafka errors of brokers that are unreachable,
+// restarting, electing leaders or not yet aware of a new topic. Other Kafka
+// errors (too large, invalid, unauthorised, unsupported) and Sarama's
+// configuration and encoding errors are permanent.
+func transient(err error) bool {
+	var kerr sarama.KError
+	if errors.As(err, &kerr) {
+		switch kerr {
+		case sarama.ErrUnknown, // UNKNOWN_SERVER_ERROR: Kafka clients retry it
+			sarama.ErrInvalidMessage, // CORRUPT_MESSAGE: retriable in the protocol (a damaged request)
+			sarama.ErrUnknownTopicOrPartition,
+			sarama.ErrLeaderNotAvailable,
+			sarama.ErrNotLeaderForPartition,
+			sarama.ErrRequestTimedOut,
+			sarama.ErrBrokerNotAvailable,
+			sarama.ErrReplicaNotAvailable,
+			sarama.ErrNetworkException,
+			sarama.ErrOffsetsLoadInProgress,
+			sarama.ErrConsumerCoordinatorNotAvailable,
+			sarama.ErrNotCoordinatorForConsumer,
+			sarama.ErrNotEnoughReplicas,
+			sarama.ErrNotEnoughReplicasAfterAppend,
+			sarama.ErrNotController,
+			sarama.ErrKafkaStorageError,
+			// Sarama's idempotent producer starts a new epoch after a
+			// failed batch; the next attempt is numbered afresh.
+			sarama.ErrOutOfOrderSequenceNumber,
+			sarama.ErrInvalidProducerEpoch,
+			sarama.ErrUnknownProducerID,
+			sarama.ErrFencedLeaderEpoch,
+			sarama.ErrUnknownLeaderEpoch,
+			sarama.ErrOffsetNotAvailable,
+			sarama.ErrPreferredLeaderNotAvailable,
+			sarama.ErrEligibleLeadersNotAvailable,
+			sarama.ErrThrottlingQuotaExceeded:
+			return true
+		}
+		return false
+	}
+	var cfgErr sarama.ConfigurationError
+	var encErr sarama.PacketEncodingError
+	if errors.As(err, &cfgErr) || errors.As(err, &encErr) || refused(err) {
+		return false
+	}
+	// Network errors, EOF, ErrOutOfBrokers, ErrNotConnected, a circuit
+	// breaker that is open, a metadata refresh that found no leader yet.
+	return true
 }
 
 // Publisher returns the transport's publisher; see [Publisher].
@@ -166,8 +277,12 @@ func (t *Transport) Redeliver(ctx context.Context, group string, msgs ...*messag
 
 // Close cancels the contexts of messages still being handled, stops the
 // subscribers without committing the offsets of unacknowledged messages
-// (so they are delivered again), flushes the producer and closes the
-// connections.
+// (so they are delivered again), flushes the producers and closes the
+// connections. It returns within CloseTimeout (plus a few milliseconds)
+// even when the broker is unreachable or frozen; what is left then
+// finishes in the background, and records not acknowledged by then are
+// reported failed to the Publish calls waiting for them. Its error says
+// what it gave up on.
 func (t *Transport) Close() error {
 	t.closeMu.Lock()
 	if t.closed {
@@ -180,68 +295,163 @@ func (t *Transport) Close() error {
 		subs = append(subs, s)
 	}
 	t.closeMu.Unlock()
+	deadline := time.Now().Add(CloseTimeout)
 	t.msgStop()
-	for _, s := range subs {
-		_ = s.Close()
+	t.lifeStop()
+
+	// Consumers and producers stop in parallel, each as far as the
+	// deadline allows; what they leave continues in goroutines tracked
+	// by t.after.
+	var subsDone, pubDone atomic.Bool
+	var pubErr error
+	parts := t.afterClose(func() {
+		for _, s := range subs {
+			_ = s.Close()
+		}
+		subsDone.Store(true)
+	}, func() {
+		pubErr = t.pub.close(deadline)
+		pubDone.Store(true)
+	})
+	var errs []error
+	// The producers give up at the deadline themselves; a little grace
+	// lets their report arrive.
+	waitUntil(parts, deadline.Add(50*time.Millisecond))
+	if !subsDone.Load() {
+		t.log.Warn("kafka transport: consumers had not left their groups when Close gave up waiting; they finish in the background", "waited", CloseTimeout)
 	}
-	errs := []error{t.pub.Close()}
-	if err := t.admin.Close(); err != nil && !errors.Is(err, sarama.ErrClosedClient) {
-		errs = append(errs, err)
+	if !pubDone.Load() {
+		errs = append(errs, fmt.Errorf("kafka transport: the producers had not stopped after %v (broker unreachable or frozen); they finish in the background", CloseTimeout))
+	} else if pubErr != nil {
+		errs = append(errs, pubErr)
+	}
+	if !waitUntil(&t.bg, deadline) {
+		t.log.Warn("kafka transport: background work (topic creation, consumers) had not stopped when Close gave up waiting; it finishes in the background", "waited", CloseTimeout)
+	}
+	// The admin closes the shared client; a client's Close waits for a
+	// metadata refresh in flight, which a frozen broker makes long.
+	var adminErr error
+	closed := t.afterClose(func() { adminErr = t.admin.Close() })
+	if soon := time.Now().Add(50 * time.Millisecond); soon.After(deadline) {
+		deadline = soon
+	}
+	if waitUntil(closed, deadline) {
+		if adminErr != nil && !errors.Is(adminErr, sarama.ErrClosedClient) {
+			errs = append(errs, adminErr)
+		}
+	} else {
+		t.log.Warn("kafka transport: the admin client had not closed when Close gave up waiting; it closes in the background", "waited", CloseTimeout)
 	}
 	return errors.Join(errs...)
 }
 
-// topicTimeout bounds how long ensureTopic waits for a topic to appear.
-const topicTimeout = 30 * time.Second
+// afterClose runs each f in a goroutine tracked by t.after (the work Close
+// may leave behind) and returns a WaitGroup for them alone.
+func (t *Transport) afterClose(fs ...func()) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for _, f := range fs {
+		wg.Add(1)
+		t.after.Add(1)
+		go func() {
+			defer t.after.Done()
+			defer wg.Done()
+			f()
+		}()
+	}
+	return &wg
+}
 
-// ensureTopic creates topic with the given partitions (compacted when
-// compact is set) unless it exists, and waits until the cluster's metadata
-// shows it.
-func (t *Transport) ensureTopic(ctx context.Context, topic string, partitions int32, compact bool) error {
-	if _, ok := t.topics.Load(topic); ok {
-		return nil
+// waitUntil waits for wg until deadline; false means it gave up.
+func waitUntil(wg *sync.WaitGroup, deadline time.Time) bool {
+	if deadline.Before(time.Now()) {
+		deadline = time.Now()
 	}
-	t.topicsMu.Lock()
-	defer t.topicsMu.Unlock()
-	if _, ok := t.topics.Load(topic); ok {
-		return nil
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	tm := time.NewTimer(time.Until(deadline))
+	defer tm.Stop()
+	select {
+	case <-done:
+		return true
+	case <-tm.C:
+		return false
 	}
-	// Raw publishes carry context.Background(): bound the wait anyway.
-	ctx, cancel := context.WithTimeout(ctx, topicTimeout)
-	defer cancel()
-	err := t.admin.CreateTopic(topic, &sarama.TopicDetail{
-		NumPartitions:     partitions,
-		ReplicationFactor: t.repl,
-		ConfigEntries:     t.opts.topicConfig(t.repl, compact),
-	}, false)
-	if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
-		// Without the right to create topics, they may have been created
-		// for us: the metadata tells.
-		if rerr := t.client.RefreshMetadata(topic); rerr != nil {
-			return fmt.Errorf("kafka transport: cannot create topic %s: %w", topic, err)
-		}
-		t.log.Debug("kafka transport: topic exists; creating it failed", "topic", topic, "error", err)
+}
+
+// background runs f in a goroutine that Close waits for (within
+// CloseTimeout); false means the transport is closed and f did not run.
+func (t *Transport) background(f func()) bool {
+	t.closeMu.Lock()
+	defer t.closeMu.Unlock()
+	if t.closed {
+		return false
 	}
-	// Wait until the metadata lists the topic with leaders, so that the
-	// first produce or fetch does not fail.
-	_, err = retry(ctx, t.log, "see topic "+topic, func() (struct{}, error) {
-		if err := t.client.RefreshMetadata(topic); err != nil {
-			return struct{}{}, err
-		}
-		ps, err := t.client.Partitions(topic)
-		if err != nil {
-			return struct{}{}, err
-		}
-		for _, p := range ps {
-			if _, err := t.client.Leader(topic, p); err != nil {
-				return struct{}{}, err
+	t.bg.Add(1)
+	go func() {
+		defer t.bg.Done()
+		f()
+	}()
+	return true
+}
+
+// Client calls bounded by ctx, for the poison queue and anything else
+// that reads or trims topics: each returns by ctx's deadline whatever the
+// broker does (see bounded).
+
+// getOffset returns the offset of partition at a time (sarama.OffsetOldest
+// or sarama.OffsetNewest for the log's start and end), as
+// sarama.Client.GetOffset, bounded by ctx.
+func (t *Transport) getOffset(ctx context.Context, topic string, partition int32, at int64) (int64, error) {
+	return blocking.Call(ctx, func() (int64, error) { return t.client.GetOffset(topic, partition, at) }, nil)
+}
+
+// consumePartition starts reading partition from offset with a consumer on
+// the shared client, bounded by ctx. The returned release stops the
+// consumer without waiting (a fetch in flight to a frozen broker ends
+// within Sarama's read timeout), so call it when done, also on an error
+// path; the partition consumer's Messages and Errors need not be drained.
+func (t *Transport) consumePartition(ctx context.Context, topic string, partition int32, offset int64) (sarama.PartitionConsumer, func(), error) {
+	type reader struct {
+		c  sarama.Consumer
+		pc sarama.PartitionConsumer
+	}
+	stop := func(r reader) {
+		r.pc.AsyncClose()
+		// Sarama closes both channels once the partition consumer has
+		// stopped; draining them keeps it from blocking on a full one.
+		go func() {
+			for range r.pc.Errors() {
 			}
-		}
-		return struct{}{}, nil
-	})
-	if err != nil {
-		return fmt.Errorf("kafka transport: topic %s: %w", topic, err)
+		}()
+		go func() {
+			for range r.pc.Messages() {
+			}
+			_ = r.c.Close() // does not close the shared client
+		}()
 	}
-	t.topics.Store(topic, true)
-	return nil
+	r, err := blocking.Call(ctx, func() (reader, error) {
+		c, err := sarama.NewConsumerFromClient(t.client)
+		if err != nil {
+			return reader{}, err
+		}
+		pc, err := c.ConsumePartition(topic, partition, offset)
+		if err != nil {
+			_ = c.Close()
+			return reader{}, err
+		}
+		return reader{c, pc}, nil
+	}, stop)
+	if err != nil {
+		return nil, func() {}, err
+	}
+	return r.pc, sync.OnceFunc(func() { stop(r) }), nil
+}
+
+// deleteRecords deletes the records of topic below the given offset of
+// each partition, as sarama.ClusterAdmin.DeleteRecords, bounded by ctx.
+func (t *Transport) deleteRecords(ctx context.Context, topic string, below map[int32]int64) error {
+	return blocking.Do(ctx, func() error { return t.admin.DeleteRecords(topic, below) })
 }
