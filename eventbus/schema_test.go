@@ -86,8 +86,8 @@ func TestSchemaNewEvent(t *testing.T) {
 		assertValidationError(t, label, err)
 	}
 	// Envelope errors still come from NewEvent.
-	if _, err := s.NewEvent(userRegistered{UserID: "u", Email: "e@x.io"}, eventbus.WithType(eventbus.User)); !errors.Is(err, eventbus.ErrInvalidEvent) {
-		t.Errorf("empty source: %v", err)
+	if _, err := s.NewEvent(userRegistered{UserID: "u", Email: "e@x.io"}, eventbus.WithID("")); !errors.Is(err, eventbus.ErrInvalidEvent) {
+		t.Errorf("empty ID: %v", err)
 	}
 }
 

@@ -15,7 +15,6 @@ import (
 	"github.com/IBM/sarama"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 

@@ -111,7 +111,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
-	"github.com/paissive/go-eventbus/eventbus/driver"
 	// The transports register the amqp:// and kafka:// schemes.
 	_ "github.com/paissive/go-eventbus/transports/amqp"
 	_ "github.com/paissive/go-eventbus/transports/kafka"

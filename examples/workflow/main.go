@@ -408,10 +408,11 @@ func run(ctx context.Context, out io.Writer, url string) (Result, error) {
 		// Outside a handler, the compensation names its correlation and
 		// cause explicitly: the poisoned event's.
 		failed, err := newEvent(fulfilment, fulfilmentFailed, FulfilmentFailed{OrderID: pc.OrderID, Reason: p.Error},
-			eventbus.WithCorrelationID(p.Event.CorrelationID), eventbus.WithCausationID(p.Event.ID))
+			eventbus.WithCorrelationID(p.Event.CorrelationID))
 		if err != nil {
 			return w.res, err
 		}
+		failed.CausationID = p.Event.ID
 		fmt.Fprintf(out, "[correlation %s] fulfilment    (poison sweep)     -> fulfilment.failed\n", p.Event.CorrelationID)
 		if err := fulfilment.Publish(ctx, failed); err != nil {
 			return w.res, err

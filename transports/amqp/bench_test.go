@@ -39,7 +39,7 @@ func BenchmarkBusPublishBatch100(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i += 100 {
 		for j := range evs {
-			evs[j], _ = eventbus.NewEvent("bench.event", "bench", eventbus.Domain, data)
+			evs[j], _ = eventbus.NewEvent("bench.event", data, eventbus.WithSource("bench"))
 		}
 		if err := bus.Publish(context.Background(), evs...); err != nil {
 			b.Fatal(err)

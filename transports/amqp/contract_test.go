@@ -5,13 +5,13 @@ import (
 
 	"github.com/paissive/go-eventbus/brokertest"
 	"github.com/paissive/go-eventbus/contracttests"
-	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // TestContract runs the whole contract suite on the real broker; each test
 // gets its own exchange, and its exchange and queues are deleted after it.
 func TestContract(t *testing.T) {
-	t.Logf("RabbitMQ broker: %s", eventbus.RedactURL(brokertest.AMQPURL(t)))
+	t.Logf("RabbitMQ broker: %s", driver.RedactURL(brokertest.AMQPURL(t)))
 	contracttests.Run(t, contracttests.Harness{
 		Name: "amqp",
 		URL:  func(t testing.TB) string { return isolatedURL(t) },

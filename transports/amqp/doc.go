@@ -49,8 +49,8 @@
 //
 // Publishing always uses publisher confirms and the mandatory flag: Publish
 // returns nil only after the broker confirmed every message, and reports in
-// an *eventbus.PublishError every message the broker nacked, returned as
-// unroutable (wrapping eventbus.ErrUnroutable: no subscription matches its
+// an *driver.PublishError every message the broker nacked, returned as
+// unroutable (wrapping driver.ErrUnroutable: no subscription matches its
 // name), or did not confirm before the connection was lost or the message's
 // context ended. A message in that list may still have reached the broker
 // (a confirm can be lost with the connection): delivery is at least once.

@@ -12,6 +12,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbustest"
 )
 
 // TestFaultCutMidStream publishes 10,000 events while a subscriber consumes
@@ -163,7 +164,7 @@ func TestFaultRawMessageIsPoisoned(t *testing.T) {
 	}
 
 	good := mustEvent(t, "raw.good", map[string]string{"k": "v"})
-	msg := eventbus.EncodeMessage(good)
+	msg := eventbustest.Message(good)
 	headers := amqp091.Table{
 		"x-death": []any{amqp091.Table{"count": int64(1), "reason": "rejected", "queue": "q", "time": time.Unix(1700000000, 0)}},
 		"x-int":   int32(7), "x-float": 1.5, "x-bool": true, "x-bytes": []byte{1, 2}, "x-time": time.Unix(1700000000, 0),

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // waitFor polls cond every few milliseconds until it holds or timeout
@@ -24,15 +25,15 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool,
 }
 
 // newBus opens a bus on url that is closed when the test ends.
-func newBus(t testing.TB, url, service string, opts ...eventbus.Option) *eventbus.Bus {
+func newBus(t testing.TB, url, service string) *eventbus.Bus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	b, err := eventbus.New(ctx, eventbus.Config{ServiceName: service, URL: url, Policy: eventbus.Policy{
 		MaxAttempts: 3, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
-	}}, opts...)
+	}})
 	if err != nil {
-		t.Fatalf("New(%s): %v", eventbus.RedactURL(url), err)
+		t.Fatalf("New(%s): %v", driver.RedactURL(url), err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -105,7 +106,7 @@ func (c *counter) duplicates() int {
 
 func mustEvent(t testing.TB, name string, data any, opts ...eventbus.EventOption) eventbus.Event {
 	t.Helper()
-	ev, err := eventbus.NewEvent(name, "amqp-tests", eventbus.Domain, data, opts...)
+	ev, err := eventbus.NewEvent(name, data, append([]eventbus.EventOption{eventbus.WithSource("amqp-tests")}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

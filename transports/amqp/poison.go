@@ -9,7 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/blocking"
 )
 
@@ -59,7 +59,7 @@ func (p *poisonQueue) Add(ctx context.Context, msg *message.Message) error {
 		return fmt.Errorf("amqp transport: poison queue %s: %w", p.name, err)
 	}
 	err := p.t.pub.publish(ctx, "", p.name, []*message.Message{msg})
-	if errors.Is(err, eventbus.ErrUnroutable) {
+	if errors.Is(err, driver.ErrUnroutable) {
 		// Someone deleted the queue since it was declared: declare it
 		// again and retry once.
 		p.mu.Lock()

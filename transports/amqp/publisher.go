@@ -11,7 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
@@ -27,7 +27,7 @@ import (
 // waiting, so their confirms are in flight together; concurrent calls
 // share a small pool of confirm-mode channels, whose confirms the broker
 // also batches; every message is mandatory, and a basic.return turns into
-// eventbus.ErrUnroutable for that message.
+// driver.ErrUnroutable for that message.
 //
 // A message's context is checked before it is sent and while its confirm
 // is awaited; a write the broker is not reading (it blocks publishers
@@ -59,7 +59,7 @@ func newPublisher(t *Transport) *Publisher {
 // passes the event name) and waits for the broker's confirms. Messages
 // whose context ends first, that the broker nacks or returns as
 // unroutable, or that were not confirmed when the connection dropped are
-// named in an *eventbus.PublishError; the others were durably accepted.
+// named in an *driver.PublishError; the others were durably accepted.
 // While the connection is down it waits for it within each message's
 // context.
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
@@ -355,7 +355,7 @@ func (pc *pubChannel) confirm(c amqp091.Confirmation) {
 	case !c.Ack:
 		p.b.resolve(p.i, errors.New("the broker nacked the message"))
 	case p.returned != nil:
-		p.b.resolve(p.i, fmt.Errorf("%w (%s %d %s)", eventbus.ErrUnroutable, p.returned.Exchange, p.returned.ReplyCode, p.returned.ReplyText))
+		p.b.resolve(p.i, fmt.Errorf("%w (%s %d %s)", driver.ErrUnroutable, p.returned.Exchange, p.returned.ReplyCode, p.returned.ReplyText))
 	default:
 		p.b.resolve(p.i, nil)
 	}
@@ -483,20 +483,16 @@ func (b *batch) resolve(i int, err error) {
 func (b *batch) err(key string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var failed []eventbus.FailedEvent
+	var failed []driver.Failure
 	for i, err := range b.errs {
 		if err != nil {
-			name := b.msgs[i].Metadata.Get(wire.Type)
-			if name == "" {
-				name = key
-			}
-			failed = append(failed, eventbus.FailedEvent{ID: b.msgs[i].UUID, Name: name, Err: err})
+			failed = append(failed, driver.Failure{UUID: b.msgs[i].UUID, Err: err})
 		}
 	}
 	if failed == nil {
 		return nil
 	}
-	return &eventbus.PublishError{Failed: failed}
+	return &driver.PublishError{Failed: failed}
 }
 
 // fillPublishing converts a message to an AMQP publishing in pub: the

@@ -8,7 +8,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // newTestBatch returns a batch of n messages with IDs m0, m1, ...
@@ -59,16 +59,16 @@ func TestPubChannelConfirmQueue(t *testing.T) {
 		switch {
 		case w == "" && err != nil:
 			t.Errorf("message %d: %v, want success", i, err)
-		case w == "unroutable" && !errors.Is(err, eventbus.ErrUnroutable):
+		case w == "unroutable" && !errors.Is(err, driver.ErrUnroutable):
 			t.Errorf("message %d: %v, want ErrUnroutable", i, err)
-		case w == "nacked" && (err == nil || errors.Is(err, eventbus.ErrUnroutable)):
+		case w == "nacked" && (err == nil || errors.Is(err, driver.ErrUnroutable)):
 			t.Errorf("message %d: %v, want a nack", i, err)
 		case w == "closed" && (err == nil || err.Error() != "channel closed"):
 			t.Errorf("message %d: %v, want the channel's failure", i, err)
 		}
 	}
-	var pe *eventbus.PublishError
-	if err := b.err("k"); !errors.As(err, &pe) || len(pe.Failed) != 4 || pe.Failed[0].ID != "m1" {
+	var pe *driver.PublishError
+	if err := b.err("k"); !errors.As(err, &pe) || len(pe.Failed) != 4 || pe.Failed[0].UUID != "m1" {
 		t.Errorf("batch error %v, want a PublishError naming m1, m2, m5, m6", err)
 	}
 }

@@ -16,7 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
@@ -24,7 +24,7 @@ import (
 // Subscribe(ctx, pattern) declares the group's durable queue, binds it to
 // the exchange with the pattern and consumes it with a prefetch of
 // cfg.Concurrency, so that many messages are in flight at once.
-func (t *Transport) NewSubscriber(cfg eventbus.SubscriberConfig) (message.Subscriber, error) {
+func (t *Transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscriber, error) {
 	if t.isClosed() {
 		return nil, ErrClosed
 	}
@@ -50,7 +50,7 @@ func (t *Transport) NewSubscriber(cfg eventbus.SubscriberConfig) (message.Subscr
 // subscriber consumes one group's queue.
 type subscriber struct {
 	t   *Transport
-	cfg eventbus.SubscriberConfig
+	cfg driver.SubscriberConfig
 
 	mu      sync.Mutex
 	closed  bool

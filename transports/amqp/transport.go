@@ -17,7 +17,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
-	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // DefaultExchange is the topic exchange used when the URL does not name
@@ -34,8 +34,8 @@ const DefaultPublishChannels = 4
 var ErrClosed = errors.New("amqp transport: closed")
 
 func init() {
-	eventbus.Register("amqp", eventbus.DriverFunc(Open))
-	eventbus.Register("amqps", eventbus.DriverFunc(Open))
+	driver.Register("amqp", driver.OpenFunc(Open))
+	driver.Register("amqps", driver.OpenFunc(Open))
 }
 
 // amqp091Params are the URL query parameters amqp091-go itself reads; they
@@ -90,7 +90,7 @@ func parseOptions(u *url.URL) (options, *url.URL, error) {
 }
 
 // Transport is the RabbitMQ transport; see the package documentation. It
-// implements eventbus.Transport and is safe for concurrent use.
+// implements driver.Transport and is safe for concurrent use.
 type Transport struct {
 	opts     options
 	log      *slog.Logger
@@ -106,18 +106,18 @@ type Transport struct {
 	closeErr error
 }
 
-var _ eventbus.Transport = (*Transport)(nil)
+var _ driver.Transport = (*Transport)(nil)
 
 // Open connects to the broker cfg.URL names. It retries the first
 // connection with backoff until ctx ends, so a service that starts before
 // its broker waits for it instead of failing; refused credentials fail at
 // once since retrying cannot fix them. It is the driver registered for
 // "amqp" and "amqps".
-func Open(ctx context.Context, cfg eventbus.TransportConfig) (eventbus.Transport, error) {
+func Open(ctx context.Context, cfg driver.Config) (driver.Transport, error) {
 	return open(ctx, cfg)
 }
 
-func open(ctx context.Context, cfg eventbus.TransportConfig) (*Transport, error) {
+func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 	if cfg.URL == nil {
 		return nil, errors.New("amqp transport: no URL")
 	}
@@ -174,7 +174,7 @@ func (t *Transport) Exchange() string { return t.opts.exchange }
 func (t *Transport) Publisher() message.Publisher { return t.pub }
 
 // PoisonQueue returns the service's poison queue, "poison:<service>".
-func (t *Transport) PoisonQueue() (eventbus.PoisonQueue, error) { return t.poison, nil }
+func (t *Transport) PoisonQueue() (driver.PoisonQueue, error) { return t.poison, nil }
 
 // Redeliver publishes msgs to the queue of one subscription group through
 // the default exchange, so that no other subscription receives them, with

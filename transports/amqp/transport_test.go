@@ -22,10 +22,11 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
-func openURL(ctx context.Context, rawURL string, tlsCfg *tls.Config) (eventbus.Transport, error) {
-	return eventbus.OpenTransport(ctx, eventbus.Config{ServiceName: unique("open-"), URL: rawURL, TLS: tlsCfg})
+func openURL(ctx context.Context, rawURL string, tlsCfg *tls.Config) (driver.Transport, error) {
+	return driver.Open(ctx, rawURL, driver.Config{ServiceName: unique("open-"), TLS: tlsCfg})
 }
 
 // TestOpenRetriesUntilDeadline: with nothing listening, Open keeps trying
@@ -58,7 +59,7 @@ func TestOpenWaitsForBroker(t *testing.T) {
 	px.Cut()
 	url := isolatedURLVia(t, px.addr())
 	type result struct {
-		tr  eventbus.Transport
+		tr  driver.Transport
 		err error
 	}
 	res := make(chan result, 1)
@@ -267,7 +268,7 @@ func TestRedeliverUnknownGroup(t *testing.T) {
 	}
 	defer tr.Close()
 	err = tr.Redeliver(ctx, unique("nobody."), message.NewMessage("r1", []byte(`{}`)))
-	if !errors.Is(err, eventbus.ErrUnroutable) {
+	if !errors.Is(err, driver.ErrUnroutable) {
 		t.Errorf("Redeliver to a missing queue: %v; want ErrUnroutable", err)
 	}
 }
@@ -339,12 +340,12 @@ func TestSubscriberCloseWaitsTransportCloseCancels(t *testing.T) {
 	ctx := context.Background()
 	url := isolatedURL(t)
 	svc := unique("life-")
-	tr, err := eventbus.OpenTransport(ctx, eventbus.Config{ServiceName: svc, URL: url})
+	tr, err := driver.Open(ctx, url, driver.Config{ServiceName: svc})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: svc + ".s", Service: svc, Subscription: "s", Concurrency: 2})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: svc + ".s", Service: svc, Subscription: "s", Concurrency: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,7 +375,7 @@ func TestSubscriberCloseWaitsTransportCloseCancels(t *testing.T) {
 	}
 
 	// A second subscriber gets a message; closing the transport cancels it.
-	sub2, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: svc + ".s", Service: svc, Subscription: "s", Concurrency: 1})
+	sub2, err := tr.NewSubscriber(driver.SubscriberConfig{Group: svc + ".s", Service: svc, Subscription: "s", Concurrency: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,7 +434,7 @@ func TestDeletedQueueIsRedeclared(t *testing.T) {
 			id = ev.ID
 			return true
 		}
-		if !errors.Is(lastErr, eventbus.ErrUnroutable) {
+		if !errors.Is(lastErr, driver.ErrUnroutable) {
 			t.Fatalf("Publish: %v", lastErr)
 		}
 		return false

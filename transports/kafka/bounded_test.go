@@ -11,6 +11,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/eventbustest"
 	"github.com/paissive/go-eventbus/internal/faultnet"
 )
 
@@ -83,11 +85,11 @@ func waitSettled(t testing.TB, tr *Transport) {
 
 func rawEvent(t testing.TB, ctx context.Context, name string) *message.Message {
 	t.Helper()
-	ev, err := eventbus.NewEvent(name, "kafka-test", eventbus.Domain, map[string]int{"seq": 1})
+	ev, err := eventbus.NewEvent(name, map[string]int{"seq": 1}, eventbus.WithSource("kafka-test"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := eventbus.EncodeMessage(ev)
+	m := eventbustest.Message(ev)
 	m.SetContext(ctx)
 	return m
 }
@@ -97,7 +99,7 @@ func openTransport(t testing.TB, ctx context.Context, rawURL, service string) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	return open(ctx, eventbus.TransportConfig{URL: u, ServiceName: service, Logger: quietLogger})
+	return open(ctx, driver.Config{URL: u, ServiceName: service, Logger: quietLogger})
 }
 
 // TestCallsBoundedWhileBrokerDown: while the broker is cut (connections
@@ -168,7 +170,7 @@ func TestCallsBoundedWhileBrokerDown(t *testing.T) {
 				{"Subscribe waiting for the join", "joiner", "warm.#"},
 				{"Subscribe creating topics", "fresh", "fresh.#"},
 			} {
-				sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "bounded." + s.sub, Service: "bounded", Subscription: s.sub, Pattern: s.pattern, Concurrency: 1})
+				sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "bounded." + s.sub, Service: "bounded", Subscription: s.sub, Pattern: s.pattern, Concurrency: 1, Match: eventbus.MustCompilePattern(s.pattern).Match})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -199,7 +201,7 @@ func TestCallsBoundedWhileBrokerDown(t *testing.T) {
 			if err := pub.Publish("cold.a", rawEvent(t, testCtx(t), "cold.a")); err != nil {
 				t.Fatalf("Publish after Heal: %v", err)
 			}
-			sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "bounded.fresh", Service: "bounded", Subscription: "fresh", Pattern: "fresh.#", Concurrency: 1})
+			sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "bounded.fresh", Service: "bounded", Subscription: "fresh", Pattern: "fresh.#", Concurrency: 1, Match: eventbus.MustCompilePattern("fresh.#").Match})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -257,7 +259,7 @@ func TestSubscriptionOutlivesSetupCtx(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "outlive.s", Service: "outlive", Subscription: "s", Pattern: "o.#", Concurrency: 1})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "outlive.s", Service: "outlive", Subscription: "s", Pattern: "o.#", Concurrency: 1, Match: eventbus.MustCompilePattern("o.#").Match})
 	if err != nil {
 		t.Fatal(err)
 	}

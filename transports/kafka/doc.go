@@ -13,7 +13,7 @@
 // Kafka has no routing keys: a consumer reads whole topics. The transport
 // therefore maps event names to topics and matches each record's "ce_type"
 // header against the subscription's pattern in Go, with the RabbitMQ
-// topic-exchange semantics of eventbus.Pattern. Records that do not match
+// topic-exchange semantics of eventbus.Pattern (driver.SubscriberConfig.Match). Records that do not match
 // are acknowledged (their offsets committed) without reaching the bus;
 // records without a "ce_type" header (written by foreign producers) are
 // delivered, so the bus moves them to the poison queue as undecodable.
@@ -95,7 +95,7 @@
 // hands all its events to the producer at once, so Sarama batches them
 // into few requests, and returns once every one was acknowledged; the
 // events that failed or whose context ended first are listed in an
-// *eventbus.PublishError (such an event may still have been written:
+// *driver.PublishError (such an event may still have been written:
 // delivery is at least once). Publish is safe for concurrent use.
 //
 // Sizes: each record is checked before it is produced against
@@ -103,7 +103,7 @@
 // alone: the value, the key, every header and the 61-byte batch header,
 // with the record's varints counted at their widest (at most 29 bytes,
 // plus 8 per header, above the exact size; never below it). An event over
-// the limit fails alone, with an error wrapping eventbus.ErrTooLarge that
+// the limit fails alone, with an error wrapping driver.ErrTooLarge that
 // names the limit and the size; the other events of the call go on. A
 // topic whose max.message.bytes is below max_message_bytes makes the
 // broker refuse such records, which fail the same way.
@@ -236,7 +236,7 @@
 // bus) and its UUID header name for the rare message whose UUID is not its
 // event ID, and the benchmark in ./bench compares against its defaults.
 // Publishing and consuming talk to Sarama directly, because watermill-kafka
-// v3.0.6's Publisher and Subscriber break guarantees of eventbus.Transport:
+// v3.0.6's Publisher and Subscriber break guarantees of driver.Transport:
 //
 //   - its Publisher sends with a SyncProducer one message at a time, a
 //     round trip per event even inside one multi-message Publish, with

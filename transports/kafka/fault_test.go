@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // logTimes records when log lines containing a substring were written.
@@ -60,11 +61,11 @@ func TestConsumerBacksOffWhenBrokerIsGone(t *testing.T) {
 	}()
 	logs := &logTimes{match: "retrying"}
 	u := "kafka://" + strings.Join(c.ListenAddrs(), ",") + "/?prefix=gone"
-	tr, err := eventbus.OpenTransport(testCtx(t), eventbus.Config{ServiceName: "gone", URL: u, Logger: slog.New(logs)})
+	tr, err := driver.Open(testCtx(t), u, driver.Config{ServiceName: "gone", Logger: slog.New(logs)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "gone.s", Service: "gone", Subscription: "s", Concurrency: 1})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "gone.s", Service: "gone", Subscription: "s", Concurrency: 1, Pattern: "x.#", Match: eventbus.MustCompilePattern("x.#").Match})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,7 +103,7 @@ func events(t testing.TB, n int, name string, key func(i int) string) []eventbus
 		if key != nil {
 			opts = append(opts, eventbus.WithPartitionKey(key(i)))
 		}
-		ev, err := eventbus.NewEvent(name, "kafka-test", eventbus.Domain, map[string]int{"seq": i}, opts...)
+		ev, err := eventbus.NewEvent(name, map[string]int{"seq": i}, append([]eventbus.EventOption{eventbus.WithSource("kafka-test")}, opts...)...)
 		if err != nil {
 			t.Fatal(err)
 		}

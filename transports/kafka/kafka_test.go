@@ -15,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // TestPerKeyOrder: 1,000 events of 10 keys across 8 partitions, handled
@@ -236,17 +237,12 @@ func TestSegmentMapping(t *testing.T) {
 			t.Errorf("Bus.Subscribe(%q) under mapping=segment: got %v, want ErrPatternNotServed", p, err)
 		}
 	}
-	// A transport used without the bus rejects it at Subscribe.
+	// A transport used without the bus rejects it at NewSubscriber.
 	for _, p := range []string{"#.completed", "*.registered", "#"} {
-		sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "seg.x", Service: "seg", Subscription: "x", Concurrency: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = sub.Subscribe(testCtx(t), p)
+		_, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "seg.x", Service: "seg", Subscription: "x", Concurrency: 1, Pattern: p, Match: eventbus.MustCompilePattern(p).Match})
 		if !errors.Is(err, ErrPatternNotServed) || !strings.Contains(err.Error(), "mapping=segment") {
-			t.Errorf("Subscribe(%q) under mapping=segment: got %v, want ErrPatternNotServed", p, err)
+			t.Errorf("NewSubscriber(%q) under mapping=segment: got %v, want ErrPatternNotServed", p, err)
 		}
-		_ = sub.Close()
 	}
 }
 
@@ -319,12 +315,12 @@ func TestNackDoesNotBlockPartition(t *testing.T) {
 	if err := pub.Publish(testCtx(t), evs...); err != nil {
 		t.Fatal(err)
 	}
-	open := func() (eventbus.Transport, <-chan *message.Message) {
-		tr, err := eventbus.OpenTransport(testCtx(t), eventbus.Config{ServiceName: "nack", URL: u, Logger: quietLogger})
+	open := func() (driver.Transport, <-chan *message.Message) {
+		tr, err := driver.Open(testCtx(t), u, driver.Config{ServiceName: "nack", Logger: quietLogger})
 		if err != nil {
 			t.Fatal(err)
 		}
-		sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "nack.items", Service: "nack", Subscription: "items", Concurrency: 1})
+		sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "nack.items", Service: "nack", Subscription: "items", Concurrency: 1, Pattern: "nk.#", Match: eventbus.MustCompilePattern("nk.#").Match})
 		if err != nil {
 			t.Fatal(err)
 		}

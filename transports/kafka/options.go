@@ -11,7 +11,7 @@ import (
 
 	"github.com/IBM/sarama"
 
-	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // Mapping names how event names map to Kafka topics; see the package
@@ -110,7 +110,7 @@ func parseOptions(u *url.URL) (options, error) {
 	// "kafka:host:9092" (no "//") url.Parse puts everything in Opaque and
 	// the broker list would be empty or, worse, a default.
 	unreadable := func(why string) error {
-		return fmt.Errorf("kafka transport: cannot read URL %s: %s; write %s", eventbus.RedactURL(u.String()), why, urlForm)
+		return fmt.Errorf("kafka transport: cannot read URL %s: %s; write %s", driver.RedactURL(u.String()), why, urlForm)
 	}
 	if u.Opaque != "" {
 		return o, unreadable("no \"//\" after \"kafka:\"")

@@ -110,7 +110,7 @@ func runOutage(t *testing.T, fault func(*faultnet.Listener), outage time.Duratio
 		evs := make([]eventbus.Event, total/publishers)
 		for i := range evs {
 			// seq counts per key, so the subscriber can check order.
-			ev, err := eventbus.NewEvent("out.tick", "kafka-test", eventbus.Domain, map[string]int{"seq": i + 1}, eventbus.WithPartitionKey(fmt.Sprintf("key-%d", p)))
+			ev, err := eventbus.NewEvent("out.tick", map[string]int{"seq": i + 1}, eventbus.WithSource("kafka-test"), eventbus.WithPartitionKey(fmt.Sprintf("key-%d", p)))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -12,8 +12,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/paissive/go-eventbus/eventbus"
-	"github.com/paissive/go-eventbus/internal/wire"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
 // Publisher publishes messages through Sarama AsyncProducers shared by
@@ -250,8 +249,8 @@ func (p *Publisher) Idempotent() bool { return p.events.idempotent }
 // Publish sends msgs, all named topic (an event name), to the topic the
 // mapping gives that name, and returns once every one was acknowledged by
 // all in-sync replicas. Messages whose context ends first, that exceed
-// max_message_bytes (an error wrapping eventbus.ErrTooLarge), or that the
-// cluster rejects for good are listed in an *eventbus.PublishError; a
+// max_message_bytes (an error wrapping driver.ErrTooLarge), or that the
+// cluster rejects for good are listed in an *driver.PublishError; a
 // message in that list may still have been written if its context ended
 // while it was being produced. Within each message's context, failures
 // another attempt may fix are retried; see the package documentation.
@@ -291,13 +290,9 @@ func (p *Publisher) send(topic string, msgs []*message.Message, keys []string, n
 	if p.t.names.isPoisonTopic(topic) {
 		pr = p.poison
 	}
-	var failed []eventbus.FailedEvent
+	var failed []driver.Failure
 	fail := func(m *message.Message, err error) {
-		name := m.Metadata[wire.Type]
-		if name == "" {
-			name = topic
-		}
-		failed = append(failed, eventbus.FailedEvent{ID: m.UUID, Name: name, Err: err})
+		failed = append(failed, driver.Failure{UUID: m.UUID, Err: err})
 	}
 	todo := make([]*pending, 0, len(msgs))
 	for i, m := range msgs {
@@ -345,7 +340,7 @@ func (p *Publisher) send(topic string, msgs []*message.Message, keys []string, n
 	if failed == nil {
 		return nil
 	}
-	return &eventbus.PublishError{Failed: failed}
+	return &driver.PublishError{Failed: failed}
 }
 
 // hand gives the records of todo to the producer in order and returns
@@ -397,7 +392,7 @@ func (p *Publisher) await(q *pending, topic string) error {
 			return fmt.Errorf("%w (the record was not acknowledged: %w)", ErrClosed, err)
 		case errors.Is(err, sarama.ErrMessageSizeTooLarge) || errors.Is(err, sarama.ErrMessageSetSizeTooLarge):
 			return fmt.Errorf("kafka transport: the broker refused the record for %s as too large (its max.message.bytes is below what the transport allows, %d bytes; raise it or lower max_message_bytes): %w: %w",
-				topic, p.t.maxBytes(topic), eventbus.ErrTooLarge, err)
+				topic, p.t.maxBytes(topic), driver.ErrTooLarge, err)
 		case transient(err):
 			if errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
 				// Deleted behind our back: the next Publish creates it again.
@@ -481,8 +476,8 @@ func (e *tooLargeError) Error() string {
 		e.size, e.value, e.headers, e.limit)
 }
 
-// Unwrap makes errors.Is(err, eventbus.ErrTooLarge) true.
-func (e *tooLargeError) Unwrap() error { return eventbus.ErrTooLarge }
+// Unwrap makes errors.Is(err, driver.ErrTooLarge) true.
+func (e *tooLargeError) Unwrap() error { return driver.ErrTooLarge }
 
 // Close flushes the records being produced and stops the producers; it
 // waits CloseTimeout at most.

@@ -13,6 +13,8 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/eventbustest"
 )
 
 // sizedEvent returns an event named name whose record, as the transport
@@ -25,7 +27,7 @@ func sizedEvent(t testing.TB, name string, size int) eventbus.Event {
 	// its length varies from one instant to the next.
 	at := time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC)
 	mk := func(pad int) eventbus.Event {
-		ev, err := eventbus.NewEvent(name, "kafka-test", eventbus.Domain, map[string]string{"pad": strings.Repeat("x", pad)}, eventbus.WithTime(at))
+		ev, err := eventbus.NewEvent(name, map[string]string{"pad": strings.Repeat("x", pad)}, eventbus.WithSource("kafka-test"), eventbus.WithTime(at))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -33,7 +35,7 @@ func sizedEvent(t testing.TB, name string, size int) eventbus.Event {
 		return ev
 	}
 	measure := func(ev eventbus.Event) int {
-		return recordSize(encode("events", eventbus.EncodeMessage(ev)))
+		return recordSize(encode("events", eventbustest.Message(ev)))
 	}
 	base := measure(mk(0))
 	if size < base {
@@ -51,7 +53,7 @@ func sizedEvent(t testing.TB, name string, size int) eventbus.Event {
 // TestRecordSizeLimit: the whole record (value, key, headers and the
 // batch header) is checked against max_message_bytes before producing: an
 // event of exactly the limit is published and handled; one byte more
-// fails alone, with an error wrapping eventbus.ErrTooLarge that names the
+// fails alone, with an error wrapping driver.ErrTooLarge that names the
 // limit and the size, while the other events of the same Publish call are
 // published and handled.
 func TestRecordSizeLimit(t *testing.T) {
@@ -80,7 +82,7 @@ func TestRecordSizeLimit(t *testing.T) {
 		t.Fatalf("failed events %v, want only %s (the one over the limit)", pe.IDs(), over.ID)
 	}
 	ferr := pe.Failed[0].Err
-	if !errors.Is(ferr, eventbus.ErrTooLarge) {
+	if !errors.Is(ferr, driver.ErrTooLarge) {
 		t.Errorf("the event over the limit failed with %v, want an error wrapping ErrTooLarge", ferr)
 	}
 	for _, want := range []string{strconv.Itoa(limit), strconv.Itoa(limit + 1)} {
@@ -212,8 +214,8 @@ func TestURLStrictness(t *testing.T) {
 			continue
 		}
 		msg := err.Error()
-		if !strings.Contains(msg, bad.says) || !strings.Contains(msg, urlForm) || !strings.Contains(msg, eventbus.RedactURL(bad.url)) {
-			t.Errorf("parseOptions(%s): %q, want it to say %q, show the URL as %q and how to write one", bad.url, msg, bad.says, eventbus.RedactURL(bad.url))
+		if !strings.Contains(msg, bad.says) || !strings.Contains(msg, urlForm) || !strings.Contains(msg, driver.RedactURL(bad.url)) {
+			t.Errorf("parseOptions(%s): %q, want it to say %q, show the URL as %q and how to write one", bad.url, msg, bad.says, driver.RedactURL(bad.url))
 		}
 		if strings.Contains(msg, "s3cret") {
 			t.Errorf("parseOptions(%s) shows the password: %q", bad.url, msg)
@@ -221,7 +223,7 @@ func TestURLStrictness(t *testing.T) {
 	}
 	// Through the public API too, for a URL url.Parse refuses as well.
 	for _, bad := range []string{"kafka:admin:s3cret@broker:9092", "kafka://admin:s3cret@h1:9092,h2:x"} {
-		_, err := eventbus.OpenTransport(context.Background(), eventbus.Config{ServiceName: "strict", URL: bad, Logger: quietLogger})
+		_, err := driver.Open(context.Background(), bad, driver.Config{ServiceName: "strict", Logger: quietLogger})
 		if err == nil {
 			t.Errorf("OpenTransport(%s) succeeded", bad)
 		} else if strings.Contains(err.Error(), "s3cret") {

@@ -10,30 +10,27 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/blocking"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
 // NewSubscriber returns a subscriber for one subscription group; see
 // [Transport] and the package documentation.
-func (t *Transport) NewSubscriber(cfg eventbus.SubscriberConfig) (message.Subscriber, error) {
+func (t *Transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscriber, error) {
 	if cfg.Group == "" {
 		return nil, errors.New("kafka transport: subscriber without a group")
 	}
 	if cfg.Concurrency < 1 {
 		cfg.Concurrency = 1
 	}
-	if cfg.Pattern != "" {
-		// Reject what the mapping cannot serve when the subscription is
-		// made (Bus.Subscribe), not only when it starts.
-		p, err := eventbus.CompilePattern(cfg.Pattern)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := t.names.patternTopics(p); err != nil {
-			return nil, err
-		}
+	if cfg.Pattern == "" || cfg.Match == nil {
+		return nil, errors.New("kafka transport: subscriber without a pattern and its Match function")
+	}
+	// Reject what the mapping cannot serve when the subscription is made
+	// (Bus.Subscribe), not only when it starts.
+	if _, err := t.names.patternTopics(cfg.Pattern); err != nil {
+		return nil, err
 	}
 	s := &subscriber{t: t, cfg: cfg, closing: make(chan struct{})}
 	t.closeMu.Lock()
@@ -48,7 +45,7 @@ func (t *Transport) NewSubscriber(cfg eventbus.SubscriberConfig) (message.Subscr
 // subscriber consumes one subscription group.
 type subscriber struct {
 	t   *Transport
-	cfg eventbus.SubscriberConfig
+	cfg driver.SubscriberConfig
 
 	mu      sync.Mutex
 	closed  bool
@@ -65,11 +62,10 @@ type subscriber struct {
 // closes, which closes the channel. Records whose "ce_type" does not
 // match pattern are acknowledged without being delivered.
 func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *message.Message, error) {
-	p, err := eventbus.CompilePattern(pattern)
-	if err != nil {
-		return nil, err
+	if pattern != s.cfg.Pattern {
+		return nil, fmt.Errorf("kafka transport: Subscribe(%q) of a subscriber configured for %q", pattern, s.cfg.Pattern)
 	}
-	topics, err := s.t.names.patternTopics(p)
+	topics, err := s.t.names.patternTopics(pattern)
 	if err != nil {
 		return nil, err
 	}
@@ -85,13 +81,13 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 		}
 	}
 	c := &consumer{
-		s:       s,
-		pattern: p,
-		topics:  topics,
-		replay:  replay,
-		out:     make(chan *message.Message),
-		sem:     make(chan struct{}, s.cfg.Concurrency),
-		joined:  make(chan struct{}),
+		s:      s,
+		match:  s.cfg.Match,
+		topics: topics,
+		replay: replay,
+		out:    make(chan *message.Message),
+		sem:    make(chan struct{}, s.cfg.Concurrency),
+		joined: make(chan struct{}),
 	}
 	// The subscription outlives ctx: it hangs off the transport.
 	runCtx, cancel := context.WithCancel(s.t.msgCtx)
@@ -165,14 +161,14 @@ func (s *subscriber) Close() error {
 
 // consumer is one Subscribe call: a consumer group member.
 type consumer struct {
-	s       *subscriber
-	pattern eventbus.Pattern
-	topics  []string
-	replay  string
-	out     chan *message.Message
-	sem     chan struct{} // one token per message delivered and not settled
-	joined  chan struct{}
-	once    sync.Once
+	s      *subscriber
+	match  func(name string) bool // the subscription's pattern
+	topics []string
+	replay string
+	out    chan *message.Message
+	sem    chan struct{} // one token per message delivered and not settled
+	joined chan struct{}
+	once   sync.Once
 }
 
 // run consumes until ctx ends, re-joining after each rebalance and backing
@@ -277,7 +273,7 @@ func (h *handler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.Co
 		}
 		tr.add(rec.Offset)
 		if !replay {
-			if name, has := header(rec, wire.Type); has && !c.pattern.Match(name) {
+			if name, has := header(rec, wire.Type); has && !c.match(name) {
 				tr.settle(rec.Offset)
 				continue
 			}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/IBM/sarama"
 
-	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/internal/blocking"
 )
 
@@ -48,14 +47,14 @@ func (n names) eventTopic(name string) (string, error) {
 }
 
 // patternTopics returns the topics a subscription with pattern p reads.
-func (n names) patternTopics(p eventbus.Pattern) ([]string, error) {
+func (n names) patternTopics(p string) ([]string, error) {
 	if n.mapping == MappingSingle {
 		return []string{n.join("events")}, nil
 	}
-	first, _, _ := strings.Cut(p.String(), ".")
+	first, _, _ := strings.Cut(p, ".")
 	if first == "*" || first == "#" {
 		return nil, fmt.Errorf("%w: pattern %q starts with a wildcard, but mapping=segment keeps a topic per first name segment "+
-			"and cannot read topics that do not exist yet; start the pattern with a literal segment, or use the default mapping=single", ErrPatternNotServed, p.String())
+			"and cannot read topics that do not exist yet; start the pattern with a literal segment, or use the default mapping=single", ErrPatternNotServed, p)
 	}
 	return []string{n.join("events." + first)}, nil
 }

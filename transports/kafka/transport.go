@@ -14,7 +14,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/blocking"
 )
 
@@ -22,11 +22,11 @@ import (
 var ErrClosed = errors.New("kafka transport: closed")
 
 func init() {
-	eventbus.Register("kafka", eventbus.DriverFunc(Open))
+	driver.Register("kafka", driver.OpenFunc(Open))
 }
 
 // Transport is the Kafka transport; see the package documentation. It
-// implements eventbus.Transport and is safe for concurrent use.
+// implements driver.Transport and is safe for concurrent use.
 type Transport struct {
 	opts    options
 	names   names
@@ -57,7 +57,7 @@ type Transport struct {
 	subs    map[*subscriber]struct{}
 }
 
-var _ eventbus.Transport = (*Transport)(nil)
+var _ driver.Transport = (*Transport)(nil)
 
 // CloseTimeout bounds Transport.Close: it waits this long at most for the
 // producers to flush, the consumers to leave their groups and the
@@ -72,11 +72,11 @@ const CloseTimeout = 5 * time.Second
 // that starts before its brokers waits for them, and returns by ctx's
 // deadline even when a broker accepts connections and never answers. It
 // is the driver registered for "kafka".
-func Open(ctx context.Context, cfg eventbus.TransportConfig) (eventbus.Transport, error) {
+func Open(ctx context.Context, cfg driver.Config) (driver.Transport, error) {
 	return open(ctx, cfg)
 }
 
-func open(ctx context.Context, cfg eventbus.TransportConfig) (*Transport, error) {
+func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 	if cfg.URL == nil {
 		return nil, errors.New("kafka transport: no URL")
 	}
@@ -257,7 +257,7 @@ func (t *Transport) Publisher() message.Publisher { return t.pub }
 
 // PoisonQueue returns the service's poison queue, the compacted topic
 // "<prefix>.poison.<service>".
-func (t *Transport) PoisonQueue() (eventbus.PoisonQueue, error) { return t.poison, nil }
+func (t *Transport) PoisonQueue() (driver.PoisonQueue, error) { return t.poison, nil }
 
 // Redeliver publishes msgs to the replay topic of one subscription group,
 // "<prefix>.replay.<group>", which only that group's subscribers read, with

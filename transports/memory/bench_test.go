@@ -13,6 +13,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/eventbustest"
 	"github.com/paissive/go-eventbus/transports/memory"
 )
 
@@ -49,12 +50,12 @@ func BenchmarkEndToEnd(b *testing.B) {
 func benchFloor(b *testing.B) {
 	name := "bench-" + b.Name()
 	defer memory.Forget(name)
-	tr, err := eventbus.OpenTransport(context.Background(), eventbus.Config{ServiceName: "floor", URL: "mem://" + name})
+	tr, err := driver.Open(context.Background(), "mem://"+name, driver.Config{ServiceName: "floor"})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer tr.Close()
-	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "floor.bench", Concurrency: 8})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "floor.bench", Concurrency: 8, Pattern: "bench.event", Match: eventbus.MustCompilePattern("bench.event").Match})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -144,7 +145,7 @@ func runRouter(b *testing.B, sub message.Subscriber, decode bool, publish func([
 	n := int64(b.N)
 	router.AddConsumerHandler("bench", "bench.event", sub, func(msg *message.Message) error {
 		if decode {
-			if _, err := eventbus.DecodeMessage(msg); err != nil {
+			if _, err := driver.Decode(msg); err != nil {
 				return err
 			}
 		}
@@ -159,7 +160,7 @@ func runRouter(b *testing.B, sub message.Subscriber, decode bool, publish func([
 	batches(b, prepare(b), done, func(evs []eventbus.Event) error {
 		msgs := make([]*message.Message, len(evs))
 		for i, ev := range evs {
-			msgs[i] = eventbus.EncodeMessage(ev)
+			msgs[i] = eventbustest.Message(ev)
 		}
 		return publish(msgs)
 	})

@@ -15,6 +15,7 @@ import (
 	"github.com/paissive/go-eventbus/contracttests"
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/eventbustest"
 	"github.com/paissive/go-eventbus/transports/memory"
 )
 
@@ -158,7 +159,7 @@ func TestBackPressureRoomAfterConsumerLeaves(t *testing.T) {
 			published <- pub.Publish(context.Background(), ev)
 		}()
 	}
-	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "bpl.idle", Concurrency: 1})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "bpl.idle", Concurrency: 1, Pattern: "bpl.#", Match: eventbus.MustCompilePattern("bpl.#").Match})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,12 +290,12 @@ func TestBackPressureHandlerPublishingIntoItsOwnGroup(t *testing.T) {
 // whose service is down. It returns the transport that made it.
 func idleGroup(t *testing.T, url, service string) driver.Transport {
 	t.Helper()
-	tr, err := eventbus.OpenTransport(context.Background(), eventbus.Config{ServiceName: service, URL: url})
+	tr, err := driver.Open(context.Background(), url, driver.Config{ServiceName: service})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = tr.Close() })
-	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: service + ".idle", Concurrency: 1})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: service + ".idle", Concurrency: 1, Pattern: service + ".#", Match: eventbus.MustCompilePattern(service + ".#").Match})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,12 +389,12 @@ func waitUntil(t *testing.T, cond func() bool) {
 // delivered to the next subscriber of the group.
 func TestCloseGivesBackEventsNobodyRead(t *testing.T) {
 	url := freshURL(t)
-	tr, err := eventbus.OpenTransport(context.Background(), eventbus.Config{ServiceName: "unread", URL: url})
+	tr, err := driver.Open(context.Background(), url, driver.Config{ServiceName: "unread"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	cfg := driver.SubscriberConfig{Group: "unread.s", Service: "unread", Subscription: "s", Concurrency: 2}
+	cfg := driver.SubscriberConfig{Group: "unread.s", Service: "unread", Subscription: "s", Concurrency: 2, Pattern: "unread.#", Match: eventbus.MustCompilePattern("unread.#").Match}
 	sub, err := tr.NewSubscriber(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -405,7 +406,7 @@ func TestCloseGivesBackEventsNobodyRead(t *testing.T) {
 	for i := range 2 {
 		ev, _ := eventbus.NewEvent(fmt.Sprintf("unread.e%d", i), i, eventbus.WithSource("unread"))
 		ids = append(ids, ev.ID)
-		m := eventbus.EncodeMessage(ev)
+		m := eventbustest.Message(ev)
 		m.SetContext(context.Background())
 		if err := tr.Publisher().Publish(ev.Name, m); err != nil {
 			t.Fatal(err)

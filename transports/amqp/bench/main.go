@@ -67,6 +67,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	busamqp "github.com/paissive/go-eventbus/transports/amqp"
 )
 
@@ -168,7 +169,7 @@ func main() {
 	busPubName = fmt.Sprintf("bus publish, 1 publisher, batches of %d", bn.batch)
 	conn, err := amqp091.Dial(*url)
 	if err != nil {
-		log.Fatalf("bench: cannot connect to %s: %v", eventbus.RedactURL(*url), err)
+		log.Fatalf("bench: cannot connect to %s: %v", driver.RedactURL(*url), err)
 	}
 	defer conn.Close()
 	if bn.admin, err = conn.Channel(); err != nil {
@@ -234,7 +235,7 @@ func main() {
 			busGroup,
 		}
 	}
-	fmt.Fprintf(os.Stderr, "bench on %s, %d-byte payloads, %d round(s)\n", eventbus.RedactURL(*url), *size, *rounds)
+	fmt.Fprintf(os.Stderr, "bench on %s, %d-byte payloads, %d round(s)\n", driver.RedactURL(*url), *size, *rounds)
 	for round := 1; round <= *rounds; round++ {
 		fmt.Fprintf(os.Stderr, "round %d\n", round)
 		sfx := strconv.Itoa(round)
@@ -398,7 +399,7 @@ func (bn *bench) rawPublishing(r row, sfx string, same bool, batch int) (row, er
 	// client publishing events must, and as the bus does.
 	evs := make([]eventbus.Event, n)
 	for i := range evs {
-		ev, err := eventbus.NewEvent("raw.event", "bench", eventbus.Domain, json.RawMessage(bn.payload))
+		ev, err := eventbus.NewEvent("raw.event", json.RawMessage(bn.payload), eventbus.WithSource("bench"))
 		if err != nil {
 			return r, err
 		}
@@ -472,14 +473,14 @@ func rawMessage(ev eventbus.Event, same bool) amqp091.Publishing {
 	pub := amqp091.Publishing{DeliveryMode: amqp091.Persistent, ContentType: "application/json", Body: ev.Data}
 	if same {
 		pub.Headers = amqp091.Table{
-			eventbus.HeaderSpecVersion:   "1.0",
-			eventbus.HeaderID:            ev.ID,
-			eventbus.HeaderSource:        ev.Source,
-			eventbus.HeaderType:          ev.Name,
-			eventbus.HeaderTime:          ev.Time.UTC().Format(time.RFC3339Nano),
-			eventbus.HeaderEventType:     ev.Type.String(),
-			eventbus.HeaderContentType:   "application/json",
-			eventbus.HeaderCorrelationID: ev.CorrelationID,
+			driver.HeaderSpecVersion:   "1.0",
+			driver.HeaderID:            ev.ID,
+			driver.HeaderSource:        ev.Source,
+			driver.HeaderType:          ev.Name,
+			driver.HeaderTime:          ev.Time.UTC().Format(time.RFC3339Nano),
+			driver.HeaderEventType:     ev.Type.String(),
+			driver.HeaderContentType:   "application/json",
+			driver.HeaderCorrelationID: ev.CorrelationID,
 		}
 		pub.MessageId, pub.CorrelationId, pub.Timestamp = ev.ID, ev.CorrelationID, ev.Time
 	}
@@ -489,7 +490,10 @@ func rawMessage(ev eventbus.Event, same bool) amqp091.Publishing {
 // sameWire checks that pub carries exactly the headers the bus sends for
 // ev, so that the raw baseline publishes the bus's messages.
 func sameWire(ev eventbus.Event, pub amqp091.Publishing) error {
-	md := eventbus.EncodeMessage(ev).Metadata
+	md := driver.Encode(driver.Envelope{
+		ID: ev.ID, Name: ev.Name, Source: ev.Source, Type: ev.Type.String(), Time: ev.Time,
+		CorrelationID: ev.CorrelationID, PartitionKey: ev.PartitionKey, Metadata: ev.Metadata, Data: ev.Data,
+	}).Metadata
 	if len(md) != len(pub.Headers) {
 		return fmt.Errorf("raw headers %v differ from the bus's %v", pub.Headers, md)
 	}
@@ -647,7 +651,7 @@ func (bn *bench) busAll(n, n1 int, sfx string) (rows []row, err error) {
 	mk := func(name string, n int) []eventbus.Event {
 		evs := make([]eventbus.Event, n)
 		for i := range evs {
-			evs[i], err = eventbus.NewEvent(name, "bench", eventbus.Domain, data)
+			evs[i], err = eventbus.NewEvent(name, data, eventbus.WithSource("bench"))
 			if err != nil {
 				panic(err)
 			}

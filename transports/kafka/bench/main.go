@@ -28,6 +28,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	kafkatransport "github.com/paissive/go-eventbus/transports/kafka"
 )
 
@@ -418,12 +419,15 @@ func busConsume(url string, concurrency int) (int, time.Duration, error) {
 func transportConsume(url string, concurrency int) (int, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	tr, err := eventbus.OpenTransport(ctx, eventbus.Config{ServiceName: "bench", URL: url, Logger: slog.New(slog.DiscardHandler)})
+	tr, err := driver.Open(ctx, url, driver.Config{ServiceName: "bench", Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return 0, 0, err
 	}
 	defer tr.Close()
-	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: "bench.raw", Service: "bench", Subscription: "raw", Concurrency: concurrency})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{
+		Group: "bench.raw", Service: "bench", Subscription: "raw", Concurrency: concurrency,
+		Pattern: "bench.#", Match: eventbus.MustCompilePattern("bench.#").Match,
+	})
 	if err != nil {
 		return 0, 0, err
 	}
@@ -458,8 +462,8 @@ func rawSyncLikeBus(brokers []string, topic string, payload []byte, per int) (in
 	for i := 0; i < *n; i += per {
 		msgs := make([]*sarama.ProducerMessage, 0, per)
 		for j := i; j < min(i+per, *n); j++ {
-			ev := eventbus.Event{ID: unique("id"), Name: "bench.item", Source: "bench", Type: eventbus.Domain, Time: time.Now(), CorrelationID: "c", PartitionKey: fmt.Sprint(j), Data: payload}
-			pm, _ := kafkatransport.Marshaler{}.Marshal(topic, eventbus.EncodeMessage(ev))
+			ev := driver.Envelope{ID: unique("id"), Name: "bench.item", Source: "bench", Type: "domain", Time: time.Now(), CorrelationID: "c", PartitionKey: fmt.Sprint(j), Data: payload}
+			pm, _ := kafkatransport.Marshaler{}.Marshal(topic, driver.Encode(ev))
 			msgs = append(msgs, pm)
 		}
 		if err := p.SendMessages(msgs); err != nil {
