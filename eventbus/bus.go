@@ -469,7 +469,7 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("eventbus: publish: %w", err)
 	}
-	trace, inHandler := middleware.TraceFromContext(ctx)
+	cause, inHandler := middleware.CausationFromContext(ctx)
 	msgs := make([]*message.Message, len(events))
 	for i := range events {
 		e := events[i]
@@ -487,10 +487,10 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 		}
 		if inHandler {
 			if e.CorrelationID == "" {
-				e.CorrelationID = trace.CorrelationID
+				e.CorrelationID = cause.CorrelationID
 			}
 			if e.CausationID == "" {
-				e.CausationID = trace.EventID
+				e.CausationID = cause.EventID
 			}
 		}
 		if e.CorrelationID == "" {

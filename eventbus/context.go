@@ -10,14 +10,6 @@ import (
 // handling, from the handler's ctx, or "" outside a handler. Use it to tag
 // log lines; events published with that ctx inherit it automatically.
 func CorrelationID(ctx context.Context) string {
-	t, _ := middleware.TraceFromContext(ctx)
+	t, _ := middleware.CausationFromContext(ctx)
 	return t.CorrelationID
-}
-
-// CausingEventID returns the ID of the event a handler is handling, from
-// the handler's ctx: the causation ID that events published with that ctx
-// receive.
-func CausingEventID(ctx context.Context) string {
-	t, _ := middleware.TraceFromContext(ctx)
-	return t.EventID
 }

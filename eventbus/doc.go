@@ -25,6 +25,7 @@
 // [Permanent] errors and events that fail schema validation skip the retries.
 //
 // On the wire every transport writes CloudEvents 1.0 in binary content mode:
-// the body is the JSON data and each attribute is a "ce_" header (see
-// [EncodeMessage]), so any CloudEvents-aware client can read the events.
+// the body is the JSON data and each attribute is a "ce_" header (see the
+// driver package, which also holds what a transport author implements), so
+// any CloudEvents-aware client can read the events.
 package eventbus

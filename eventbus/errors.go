@@ -111,7 +111,8 @@ func (e *PublishError) Unwrap() []error {
 	return wire.Distinct(errs)
 }
 
-// IDs returns the IDs of the failed events, in the order they were given.
+// IDs returns the IDs of the failed events, in the order they were given,
+// for a caller that retries just those.
 func (e *PublishError) IDs() []string {
 	ids := make([]string, len(e.Failed))
 	for i, f := range e.Failed {

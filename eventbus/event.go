@@ -67,9 +67,6 @@ func WithType(t EventType) EventOption { return func(e *Event) { e.Type = t } }
 // idempotent with an ID derived from the business key.
 func WithID(id string) EventOption { return func(e *Event) { e.ID = id } }
 
-// WithTime overrides the event time (converted to UTC).
-func WithTime(t time.Time) EventOption { return func(e *Event) { e.Time = t.UTC() } }
-
 // WithCorrelationID sets the correlation ID. Events published from a
 // handler inherit the handled event's correlation ID without it.
 func WithCorrelationID(id string) EventOption { return func(e *Event) { e.CorrelationID = id } }
@@ -77,8 +74,9 @@ func WithCorrelationID(id string) EventOption { return func(e *Event) { e.Correl
 // WithPartitionKey sets the partition key.
 func WithPartitionKey(key string) EventOption { return func(e *Event) { e.PartitionKey = key } }
 
-// WithDataVersion sets the schema version of the data; [Schema.NewEvent]
-// sets its schema's version.
+// WithDataVersion sets the schema version of the data ("MAJOR.MINOR", see
+// [SchemaVersion]); [Schema.NewEvent] sets its schema's version, so this is
+// for producers that build the data without the schema's Go type.
 func WithDataVersion(v string) EventOption { return func(e *Event) { e.DataVersion = v } }
 
 // WithMetadata adds one metadata pair.

@@ -59,69 +59,6 @@ func TestParseEventType(t *testing.T) {
 	}
 }
 
-func TestEventTypeText(t *testing.T) {
-	for typ := eventbus.Domain; typ <= eventbus.Notification; typ++ {
-		b, err := typ.MarshalText()
-		if err != nil || string(b) != typ.String() {
-			t.Errorf("%v.MarshalText() = %q, %v", typ, b, err)
-		}
-		var back eventbus.EventType
-		if err := back.UnmarshalText(b); err != nil || back != typ {
-			t.Errorf("UnmarshalText(%q) = %v, %v; want %v", b, back, err, typ)
-		}
-		if err := back.UnmarshalText([]byte(strings.ToUpper(string(b)))); err != nil || back != typ {
-			t.Errorf("UnmarshalText(upper %q) = %v, %v; want %v", b, back, err, typ)
-		}
-	}
-	if b, err := eventbus.EventType(0).MarshalText(); err == nil || !errors.Is(err, eventbus.ErrInvalidEvent) {
-		t.Errorf("EventType(0).MarshalText() = %q, %v; want an ErrInvalidEvent", b, err)
-	}
-	back := eventbus.System
-	if err := back.UnmarshalText([]byte("bogus")); err == nil {
-		t.Error("UnmarshalText(bogus) succeeded")
-	}
-	if back != eventbus.System {
-		t.Errorf("a failed UnmarshalText changed the value to %v", back)
-	}
-}
-
-func TestEventTypeJSON(t *testing.T) {
-	type doc struct {
-		Type  eventbus.EventType            `json:"type"`
-		Types []eventbus.EventType          `json:"types"`
-		ByTyp map[eventbus.EventType]string `json:"by_type"`
-	}
-	in := doc{
-		Type:  eventbus.Integration,
-		Types: []eventbus.EventType{eventbus.Domain, eventbus.Notification},
-		ByTyp: map[eventbus.EventType]string{eventbus.User: "u"},
-	}
-	b, err := json.Marshal(in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const want = `{"type":"integration","types":["domain","notification"],"by_type":{"user":"u"}}`
-	if string(b) != want {
-		t.Errorf("json.Marshal = %s, want %s", b, want)
-	}
-	var out doc
-	if err := json.Unmarshal([]byte(`{"type":"INTEGRATION","types":["Domain","notification"],"by_type":{"USER":"u"}}`), &out); err != nil {
-		t.Fatal(err)
-	}
-	if out.Type != in.Type || len(out.Types) != 2 || out.Types[0] != eventbus.Domain || out.Types[1] != eventbus.Notification || out.ByTyp[eventbus.User] != "u" {
-		t.Errorf("json.Unmarshal = %+v, want %+v", out, in)
-	}
-	if err := json.Unmarshal([]byte(`{"type":"bogus"}`), &out); err == nil {
-		t.Error("json.Unmarshal of an unknown type succeeded")
-	}
-	if err := json.Unmarshal([]byte(`{"type":1}`), &out); err == nil {
-		t.Error("json.Unmarshal of a number as type succeeded")
-	}
-	if _, err := json.Marshal(doc{}); err == nil {
-		t.Error("json.Marshal of the zero EventType succeeded")
-	}
-}
-
 type signup struct {
 	Email string `json:"email"`
 	Plan  string `json:"plan,omitempty"`
@@ -166,20 +103,19 @@ func TestNewEvent(t *testing.T) {
 }
 
 func TestNewEventOptions(t *testing.T) {
-	at := time.Date(2024, 2, 29, 23, 30, 0, 123456789, time.FixedZone("X", -5*3600))
-	ev, err := eventbus.NewEvent("order.placed", json.RawMessage(`{"n": 1}`), eventbus.WithSource("shop"), eventbus.WithID("order-42"), eventbus.WithTime(at), eventbus.WithCorrelationID("corr"), eventbus.WithPartitionKey("customer-7"), eventbus.WithDataVersion("2.1"), eventbus.WithMetadata("tenant", "acme"), eventbus.WithMetadata("région", "ünïcode"))
+	ev, err := eventbus.NewEvent("order.placed", json.RawMessage(`{"n": 1}`), eventbus.WithSource("shop"), eventbus.WithID("order-42"), eventbus.WithCorrelationID("corr"), eventbus.WithPartitionKey("customer-7"), eventbus.WithDataVersion("2.1"), eventbus.WithMetadata("tenant", "acme"), eventbus.WithMetadata("région", "ünïcode"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := eventbus.Event{
 		ID: "order-42", Name: "order.placed", Source: "shop", Type: eventbus.Domain,
-		Time: at.UTC(), DataVersion: "2.1", CorrelationID: "corr",
+		Time: ev.Time, DataVersion: "2.1", CorrelationID: "corr",
 		PartitionKey: "customer-7", Metadata: map[string]string{"tenant": "acme", "région": "ünïcode"},
 		Data: json.RawMessage(`{"n": 1}`),
 	}
 	assertEventEqual(t, ev, want)
-	if ev.Time.Location() != time.UTC || !ev.Time.Equal(at) {
-		t.Errorf("WithTime: Time = %v (%v), want %v in UTC", ev.Time, ev.Time.Location(), at)
+	if ev.Time.Location() != time.UTC || time.Since(ev.Time) > time.Minute {
+		t.Errorf("Time = %v (%v), want now in UTC", ev.Time, ev.Time.Location())
 	}
 	// []byte is taken as JSON too.
 	ev, err = eventbus.NewEvent("a", []byte(`[1,2]`), eventbus.WithSource("s"), eventbus.WithType(eventbus.System))

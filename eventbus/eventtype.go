@@ -52,21 +52,3 @@ func ParseEventType(s string) (EventType, error) {
 	}
 	return 0, fmt.Errorf("%w: unknown event type %q (want one of domain, integration, system, user, notification)", ErrInvalidEvent, s)
 }
-
-// MarshalText implements encoding.TextMarshaler.
-func (t EventType) MarshalText() ([]byte, error) {
-	if !t.valid() {
-		return nil, fmt.Errorf("%w: cannot marshal %s", ErrInvalidEvent, t)
-	}
-	return []byte(eventTypeNames[t]), nil
-}
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (t *EventType) UnmarshalText(b []byte) error {
-	v, err := ParseEventType(string(b))
-	if err != nil {
-		return err
-	}
-	*t = v
-	return nil
-}

@@ -8,6 +8,8 @@ import (
 	"reflect"
 
 	"github.com/go-playground/validator/v10"
+
+	"github.com/paissive/go-eventbus/internal/names"
 )
 
 // Schema binds an event name to a Go data type, the analogue of the
@@ -87,7 +89,7 @@ func WithValidator(v *validator.Validate) SchemaOption {
 // the schema's version, so that such mistakes fail at start-up rather
 // than on the first old event.
 func NewSchema[T any](name string, opts ...SchemaOption) (*Schema[T], error) {
-	if err := ValidateName(name); err != nil {
+	if err := names.Validate(name); err != nil {
 		return nil, err
 	}
 	rt := reflect.TypeFor[T]()
@@ -124,8 +126,8 @@ func MustSchema[T any](name string, opts ...SchemaOption) *Schema[T] {
 // Name returns the event name of the schema.
 func (s *Schema[T]) Name() string { return s.name }
 
-// Version returns the data version set with [SchemaVersion], as given.
-func (s *Schema[T]) Version() string {
+// version returns the data version set with [SchemaVersion], as given.
+func (s *Schema[T]) version() string {
 	if s.ver == nil {
 		return ""
 	}
@@ -139,7 +141,7 @@ func (s *Schema[T]) NewEvent(data T, opts ...EventOption) (Event, error) {
 	if err := s.check(data); err != nil {
 		return Event{}, err
 	}
-	if v := s.Version(); v != "" {
+	if v := s.version(); v != "" {
 		opts = append([]EventOption{WithDataVersion(v)}, opts...)
 	}
 	return NewEvent(s.name, data, opts...)
@@ -154,7 +156,7 @@ func (s *Schema[T]) NewEvent(data T, opts ...EventOption) (Event, error) {
 func (s *Schema[T]) Parse(ev Event) (T, error) {
 	var zero, data T
 	if ev.Name != s.name {
-		return zero, &ValidationError{Schema: s.name, Err: fmt.Errorf("event %s is named %q, not %q", ev.ID, ev.Name, s.name)}
+		return zero, Permanent(&ValidationError{Schema: s.name, Err: fmt.Errorf("event %s is named %q, not %q", ev.ID, ev.Name, s.name)})
 	}
 	raw := ev.Data
 	if s.ver != nil {
@@ -168,10 +170,10 @@ func (s *Schema[T]) Parse(ev Event) (T, error) {
 		dec.DisallowUnknownFields()
 	}
 	if err := dec.Decode(&data); err != nil {
-		return zero, &ValidationError{Schema: s.name, Fields: []FieldError{decodeFieldError(err, raw, s.rt, s.strict)}, Err: err}
+		return zero, Permanent(&ValidationError{Schema: s.name, Fields: []FieldError{decodeFieldError(err, raw, s.rt, s.strict)}, Err: err})
 	}
 	if dec.More() {
-		return zero, &ValidationError{Schema: s.name, Fields: []FieldError{{Rule: "syntax", Message: "the data has more after its JSON value"}}}
+		return zero, Permanent(&ValidationError{Schema: s.name, Fields: []FieldError{{Rule: "syntax", Message: "the data has more after its JSON value"}}})
 	}
 	if err := s.check(data); err != nil {
 		return zero, err

@@ -37,9 +37,9 @@ var defaultValidator = func() *validator.Validate {
 //
 //	eventbus: data of order.placed is invalid: customer_id: required; email: must be an email address
 //
-// and Fields gives the same field by field to a program. It is permanent:
-// errors.Is(err, ErrPermanent) holds, so a handler returning it is not
-// retried.
+// and Fields gives the same field by field to a program (get it with
+// errors.As). The schema returns it wrapped by [Permanent]: a handler
+// returning it is not retried.
 type ValidationError struct {
 	// Schema is the event name of the schema.
 	Schema string
@@ -124,20 +124,15 @@ func (e *ValidationError) Error() string {
 	return b.String()
 }
 
-// Unwrap returns the underlying error.
+// Unwrap returns the underlying error: the validator's
+// validator.ValidationErrors, or encoding/json's error.
 func (e *ValidationError) Unwrap() error { return e.Err }
-
-// Is makes errors.Is(err, ErrPermanent) true.
-func (e *ValidationError) Is(target error) bool { return target == ErrPermanent }
-
-// Permanent reports true: retrying cannot make invalid data valid.
-func (e *ValidationError) Permanent() bool { return true }
 
 // check validates data with the schema's validator.
 func (s *Schema[T]) check(data T) error {
 	v := reflect.ValueOf(data)
 	if v.Kind() == reflect.Pointer && v.IsNil() {
-		return &ValidationError{Schema: s.name, Fields: []FieldError{{Rule: "required", Message: "the data is null"}}}
+		return Permanent(&ValidationError{Schema: s.name, Fields: []FieldError{{Rule: "required", Message: "the data is null"}}})
 	}
 	err := s.validate.Struct(data)
 	if err == nil {
@@ -145,7 +140,7 @@ func (s *Schema[T]) check(data T) error {
 	}
 	var verrs validator.ValidationErrors
 	if !errors.As(err, &verrs) {
-		return &ValidationError{Schema: s.name, Err: err}
+		return Permanent(&ValidationError{Schema: s.name, Err: err})
 	}
 	fields := make([]FieldError, len(verrs))
 	for i, fe := range verrs {
@@ -158,7 +153,7 @@ func (s *Schema[T]) check(data T) error {
 		}
 		fields[i] = FieldError{Path: path, Rule: fe.Tag(), Param: fe.Param(), Message: ruleMessage(fe, s.rt, parent)}
 	}
-	return &ValidationError{Schema: s.name, Fields: fields, Err: err}
+	return Permanent(&ValidationError{Schema: s.name, Fields: fields, Err: err})
 }
 
 // jsonFieldName returns the name encoding/json gives struct field f: its

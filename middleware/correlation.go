@@ -8,10 +8,13 @@ import (
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
-type traceKey struct{}
+type causationKey struct{}
 
-// Trace is what a handler's ctx knows about the event being handled.
-type Trace struct {
+// Causation is what a handler's ctx knows about the event being handled:
+// what events published with that ctx inherit (its correlation ID) and
+// name as their cause (its ID). It carries IDs, not a trace: tracing is the
+// OpenTelemetry instrumentation's.
+type Causation struct {
 	// CorrelationID of the handled event (its own ID if it had none).
 	CorrelationID string
 	// EventID is the handled event's ID: the causation ID of anything the
@@ -19,39 +22,39 @@ type Trace struct {
 	EventID string
 }
 
-// traceCtx carries a Trace in one allocation (context.WithValue would box
-// the Trace separately).
-type traceCtx struct {
+// causationCtx carries a Causation in one allocation (context.WithValue
+// would box it separately).
+type causationCtx struct {
 	context.Context
-	t Trace
+	t Causation
 }
 
-func (c *traceCtx) Value(key any) any {
-	if key == (traceKey{}) {
+func (c *causationCtx) Value(key any) any {
+	if key == (causationKey{}) {
 		return &c.t
 	}
 	return c.Context.Value(key)
 }
 
-// msgTraceCtx is the ctx Correlation gives a handler: it reads the trace
+// msgCausationCtx is the ctx Correlation gives a handler: it reads the causation
 // from the message's headers only when asked, which most handlers never do;
 // this runs once per event.
-type msgTraceCtx struct {
+type msgCausationCtx struct {
 	context.Context
 	msg *message.Message
 }
 
-func (c *msgTraceCtx) Value(key any) any {
-	if key == (traceKey{}) {
+func (c *msgCausationCtx) Value(key any) any {
+	if key == (causationKey{}) {
 		return c
 	}
 	return c.Context.Value(key)
 }
 
-// traceOf is the trace of a handled message: its correlation ID (its own
+// causationOf is the causation of a handled message: its correlation ID (its own
 // event ID if it has none) and its event ID.
-func traceOf(msg *message.Message) Trace {
-	t := Trace{CorrelationID: msg.Metadata[wire.CorrelationID], EventID: msg.Metadata[wire.ID]}
+func causationOf(msg *message.Message) Causation {
+	t := Causation{CorrelationID: msg.Metadata[wire.CorrelationID], EventID: msg.Metadata[wire.ID]}
 	if t.EventID == "" {
 		t.EventID = msg.UUID
 	}
@@ -61,21 +64,21 @@ func traceOf(msg *message.Message) Trace {
 	return t
 }
 
-// WithTrace returns a ctx carrying t.
-func WithTrace(ctx context.Context, t Trace) context.Context {
-	return &traceCtx{Context: ctx, t: t}
+// WithCausation returns a ctx carrying t.
+func WithCausation(ctx context.Context, t Causation) context.Context {
+	return &causationCtx{Context: ctx, t: t}
 }
 
-// TraceFromContext returns the trace a Correlation middleware put in ctx:
+// CausationFromContext returns the causation a Correlation middleware put in ctx:
 // for a handler's ctx, read from the handled message's headers when asked.
-func TraceFromContext(ctx context.Context) (Trace, bool) {
-	switch v := ctx.Value(traceKey{}).(type) {
-	case *Trace:
+func CausationFromContext(ctx context.Context) (Causation, bool) {
+	switch v := ctx.Value(causationKey{}).(type) {
+	case *Causation:
 		return *v, true
-	case *msgTraceCtx:
-		return traceOf(v.msg), true
+	case *msgCausationCtx:
+		return causationOf(v.msg), true
 	}
-	return Trace{}, false
+	return Causation{}, false
 }
 
 // Correlation puts the handled message's correlation ID and event ID in its
@@ -87,11 +90,11 @@ func TraceFromContext(ctx context.Context) (Trace, bool) {
 func Correlation(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
 		orig := msg.Context()
-		msg.SetContext(&msgTraceCtx{Context: orig, msg: msg})
+		msg.SetContext(&msgCausationCtx{Context: orig, msg: msg})
 		defer msg.SetContext(orig)
 		out, err := h(msg)
 		if len(out) > 0 {
-			t := traceOf(msg)
+			t := causationOf(msg)
 			for _, m := range out {
 				if m.Metadata.Get(wire.CorrelationID) == "" {
 					m.Metadata.Set(wire.CorrelationID, t.CorrelationID)

@@ -19,17 +19,17 @@ func TestCorrelation(t *testing.T) {
 	msg.Metadata.Set(wire.CorrelationID, "corr-1")
 	orig := msg.Context()
 
-	var seen Trace
+	var seen Causation
 	var ok bool
 	preset := message.NewMessage("preset", nil)
 	preset.Metadata.Set(wire.CorrelationID, "other-corr")
 	preset.Metadata.Set(wire.CausationID, "other-cause")
 	plain := message.NewMessage("plain", nil)
 	out, err := Correlation(func(m *message.Message) ([]*message.Message, error) {
-		seen, ok = TraceFromContext(m.Context())
+		seen, ok = CausationFromContext(m.Context())
 		return []*message.Message{plain, preset}, errFlaky
 	})(msg)
-	if !ok || seen != (Trace{CorrelationID: "corr-1", EventID: "ev-1"}) {
+	if !ok || seen != (Causation{CorrelationID: "corr-1", EventID: "ev-1"}) {
 		t.Errorf("handler ctx trace = %+v, %v", seen, ok)
 	}
 	if !errors.Is(err, errFlaky) || len(out) != 2 {
@@ -44,40 +44,40 @@ func TestCorrelation(t *testing.T) {
 	if msg.Context() != orig {
 		t.Error("the message's ctx was not restored")
 	}
-	if _, ok := TraceFromContext(msg.Context()); ok {
+	if _, ok := CausationFromContext(msg.Context()); ok {
 		t.Error("the trace leaked into the restored ctx")
 	}
 }
 
 func TestCorrelationDefaults(t *testing.T) {
 	// No event headers: the message UUID is the event and its correlation.
-	var seen Trace
+	var seen Causation
 	Correlation(func(m *message.Message) ([]*message.Message, error) {
-		seen, _ = TraceFromContext(m.Context())
+		seen, _ = CausationFromContext(m.Context())
 		return nil, nil
 	})(message.NewMessage("uuid-2", nil))
-	if seen != (Trace{CorrelationID: "uuid-2", EventID: "uuid-2"}) {
+	if seen != (Causation{CorrelationID: "uuid-2", EventID: "uuid-2"}) {
 		t.Errorf("trace = %+v", seen)
 	}
 	// An event without correlation starts its own.
 	msg := message.NewMessage("uuid-3", nil)
 	msg.Metadata.Set(wire.ID, "ev-3")
 	Correlation(func(m *message.Message) ([]*message.Message, error) {
-		seen, _ = TraceFromContext(m.Context())
+		seen, _ = CausationFromContext(m.Context())
 		return nil, nil
 	})(msg)
-	if seen != (Trace{CorrelationID: "ev-3", EventID: "ev-3"}) {
+	if seen != (Causation{CorrelationID: "ev-3", EventID: "ev-3"}) {
 		t.Errorf("trace = %+v", seen)
 	}
 }
 
 func TestTraceContext(t *testing.T) {
-	if _, ok := TraceFromContext(context.Background()); ok {
+	if _, ok := CausationFromContext(context.Background()); ok {
 		t.Error("a plain ctx has a trace")
 	}
-	ctx := WithTrace(context.Background(), Trace{CorrelationID: "c", EventID: "e"})
-	if tr, ok := TraceFromContext(ctx); !ok || tr.CorrelationID != "c" || tr.EventID != "e" {
-		t.Errorf("TraceFromContext = %+v, %v", tr, ok)
+	ctx := WithCausation(context.Background(), Causation{CorrelationID: "c", EventID: "e"})
+	if tr, ok := CausationFromContext(ctx); !ok || tr.CorrelationID != "c" || tr.EventID != "e" {
+		t.Errorf("CausationFromContext = %+v, %v", tr, ok)
 	}
 }
 

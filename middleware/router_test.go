@@ -27,12 +27,12 @@ func TestOnWatermillRouter(t *testing.T) {
 
 	var mu sync.Mutex
 	callsByID := map[string]int{}
-	traces := map[string]Trace{}
+	traces := map[string]Causation{}
 	h := router.AddConsumerHandler("billing.invoices", "events", pubsub, func(m *message.Message) error {
 		mu.Lock()
 		callsByID[m.UUID]++
 		n := callsByID[m.UUID]
-		tr, _ := TraceFromContext(m.Context())
+		tr, _ := CausationFromContext(m.Context())
 		traces[m.UUID] = tr
 		mu.Unlock()
 		switch m.UUID {
@@ -73,7 +73,7 @@ func TestOnWatermillRouter(t *testing.T) {
 	if callsByID["good"] != 1 || callsByID["flaky"] != 3 || callsByID["panics"] != 3 {
 		t.Errorf("calls = %v", callsByID)
 	}
-	if traces["good"] != (Trace{CorrelationID: "corr-good", EventID: "good"}) {
+	if traces["good"] != (Causation{CorrelationID: "corr-good", EventID: "good"}) {
 		t.Errorf("trace of good = %+v", traces["good"])
 	}
 	mu.Unlock()

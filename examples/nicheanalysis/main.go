@@ -188,7 +188,7 @@ func (s *scenario) onRequested(ctx context.Context, r AnalysisRequested, ev even
 			// handler knows them from its ctx.
 			res.FollowUps = append(res.FollowUps, FollowUp{
 				Name: e.Name, AnalysisID: r.AnalysisID, ID: e.ID,
-				CorrelationID: eventbus.CorrelationID(ctx), CausationID: eventbus.CausingEventID(ctx),
+				CorrelationID: eventbus.CorrelationID(ctx), CausationID: ev.ID,
 			})
 		}
 	})
@@ -292,7 +292,7 @@ func run(ctx context.Context, out io.Writer, url string) (Result, error) {
 	// ...and a producer that bypasses it (stamping the version it means
 	// to write) gets its event poisoned by the typed handler, at once:
 	// invalid data is a permanent failure.
-	invalid, err := eventbus.NewEvent(analysisRequested.Name(), map[string]any{"analysis_id": "na-3", "keywords": []string{}}, eventbus.WithSource("legacy-importer"), eventbus.WithDataVersion(analysisRequested.Version()))
+	invalid, err := eventbus.NewEvent(analysisRequested.Name(), map[string]any{"analysis_id": "na-3", "keywords": []string{}}, eventbus.WithSource("legacy-importer"), eventbus.WithDataVersion("1"))
 	if err != nil {
 		return s.res, err
 	}

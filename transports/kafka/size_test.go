@@ -27,10 +27,11 @@ func sizedEvent(t testing.TB, name string, size int) eventbus.Event {
 	// its length varies from one instant to the next.
 	at := time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC)
 	mk := func(pad int) eventbus.Event {
-		ev, err := eventbus.NewEvent(name, map[string]string{"pad": strings.Repeat("x", pad)}, eventbus.WithSource("kafka-test"), eventbus.WithTime(at))
+		ev, err := eventbus.NewEvent(name, map[string]string{"pad": strings.Repeat("x", pad)}, eventbus.WithSource("kafka-test"))
 		if err != nil {
 			t.Fatal(err)
 		}
+		ev.Time = at
 		ev.CorrelationID = ev.ID
 		return ev
 	}
