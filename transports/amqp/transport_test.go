@@ -54,9 +54,9 @@ func TestOpenRetriesUntilDeadline(t *testing.T) {
 
 // TestOpenWaitsForBroker: a broker that appears while Open retries is used.
 func TestOpenWaitsForBroker(t *testing.T) {
-	px := startProxy(t, brokerURL(t).Host, nil)
+	px := startFaultProxy(t)
 	px.Cut()
-	url := isolatedURLVia(t, px.addr())
+	url := isolatedURLVia(t, px.Addr())
 	type result struct {
 		tr  eventbus.Transport
 		err error
@@ -68,7 +68,7 @@ func TestOpenWaitsForBroker(t *testing.T) {
 		tr, err := openURL(ctx, url, nil)
 		res <- result{tr, err}
 	}()
-	waitFor(t, 10*time.Second, "a refused attempt", func() bool { return px.refused.Load() >= 2 }, func() string { return "no attempt" })
+	waitFor(t, 10*time.Second, "a refused attempt", func() bool { return px.Refused() >= 2 }, func() string { return "no attempt" })
 	px.Heal()
 	r := <-res
 	if r.err != nil {
@@ -112,8 +112,8 @@ func TestURLParameters(t *testing.T) {
 // waits within its ctx, fails when the ctx ends, and succeeds once the
 // connection is back.
 func TestPublishWaitsDuringOutage(t *testing.T) {
-	px := startProxy(t, brokerURL(t).Host, nil)
-	url := isolatedURLVia(t, px.addr())
+	px := startFaultProxy(t)
+	url := isolatedURLVia(t, px.Addr())
 	sub := newBus(t, url, unique("outage-sub-"))
 	handled := newCounter()
 	if err := sub.Subscribe("outage.#", handled.handle); err != nil {
@@ -147,7 +147,7 @@ func TestPublishWaitsDuringOutage(t *testing.T) {
 		defer cancel()
 		errc <- pub.Publish(ctx, ev2)
 	}()
-	waitFor(t, 10*time.Second, "a reconnection attempt", func() bool { return px.refused.Load() >= 1 }, func() string { return "none" })
+	waitFor(t, 10*time.Second, "a reconnection attempt", func() bool { return px.Refused() >= 1 }, func() string { return "none" })
 	px.Heal()
 	if err := <-errc; err != nil {
 		t.Fatalf("Publish across the outage: %v", err)
@@ -160,7 +160,7 @@ func TestPublishWaitsDuringOutage(t *testing.T) {
 // system roots it fails at once with a certificate error.
 func TestTLS(t *testing.T) {
 	cert, pool := selfSigned(t)
-	px := startProxy(t, brokerURL(t).Host, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	px := startTLSProxy(t, brokerURL(t).Host, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	u, err := url.Parse(isolatedURLVia(t, px.addr()))
 	if err != nil {
 		t.Fatal(err)
