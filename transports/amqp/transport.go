@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,8 +112,8 @@ var _ eventbus.Transport = (*Transport)(nil)
 // Open connects to the broker cfg.URL names. It retries the first
 // connection with backoff until ctx ends, so a service that starts before
 // its broker waits for it instead of failing; refused credentials fail at
-// once since retrying cannot fix them. It is the driver registered for
-// "amqp" and "amqps".
+// once since retrying cannot fix them, and so does a URL it cannot read.
+// It is the driver registered for "amqp" and "amqps".
 func Open(ctx context.Context, cfg eventbus.TransportConfig) (eventbus.Transport, error) {
 	return open(ctx, cfg)
 }
@@ -121,15 +122,23 @@ func open(ctx context.Context, cfg eventbus.TransportConfig) (*Transport, error)
 	if cfg.URL == nil {
 		return nil, errors.New("amqp transport: no URL")
 	}
+	if err := checkURL(cfg.URL); err != nil {
+		return nil, err
+	}
 	opts, dialURL, err := parseOptions(cfg.URL)
 	if err != nil {
 		return nil, err
+	}
+	if _, err := amqp091.ParseURI(dialURL.String()); err != nil {
+		// Checked once here: a URL error inside each attempt would be
+		// retried until ctx ends.
+		return nil, badURL(cfg.URL, hidePassword(cfg.URL, err.Error()))
 	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	redacted := dialURL.Redacted()
+	redacted := eventbus.RedactURL(dialURL.String())
 	log = log.With("transport", "amqp", "url", redacted)
 	amqpCfg := amqp091.Config{
 		Heartbeat:  10 * time.Second,
@@ -160,6 +169,47 @@ func open(ctx context.Context, cfg eventbus.TransportConfig) (*Transport, error)
 	t.pub = newPublisher(t)
 	t.poison = &poisonQueue{t: t, name: PoisonQueueName(cfg.ServiceName)}
 	return t, nil
+}
+
+// urlHowTo is the advice of every error about a URL the transport cannot
+// read.
+const urlHowTo = "write it as amqp://user:password@host:port/vhost (amqps:// for TLS), with reserved characters such as @ : / # ? in the user name or password percent-encoded"
+
+func badURL(u *url.URL, what string) error {
+	return fmt.Errorf("amqp transport: cannot read the URL %s: %s; %s", eventbus.RedactURL(u.String()), what, urlHowTo)
+}
+
+func hidePassword(u *url.URL, text string) string {
+	if pw, ok := u.User.Password(); ok && pw != "" {
+		text = strings.ReplaceAll(text, pw, "xxxxx")
+	}
+	return text
+}
+
+// checkURL rejects URLs whose parts amqp091-go would not read as written.
+// It falls back to localhost:5672 and guest/guest for whatever it does not
+// find, so "amqp:user:secret@host:5679" (no "//": an opaque URL) connected
+// to the local broker with the default credentials, and a port out of
+// range failed only when dialling, again and again until ctx ended.
+func checkURL(u *url.URL) error {
+	switch {
+	case u.Scheme != "amqp" && u.Scheme != "amqps":
+		return badURL(u, fmt.Sprintf("the scheme %q is neither amqp nor amqps", u.Scheme))
+	case u.Opaque != "":
+		return badURL(u, `there is no "//" after the scheme, so it has no host part`)
+	case u.Hostname() == "":
+		return badURL(u, "it names no host")
+	case u.Fragment != "":
+		return badURL(u, "it has a fragment (#...), which is not part of an AMQP URL (a '#' in a password must be written %23)")
+	}
+	// u.Port() is empty for a port that is not a number: look for it.
+	if i := strings.LastIndexByte(u.Host, ':'); i >= 0 && !strings.Contains(u.Host[i:], "]") {
+		p := u.Host[i+1:]
+		if n, err := strconv.Atoi(p); p != "" && (err != nil || n < 1 || n > 65535) {
+			return badURL(u, fmt.Sprintf("the port %q is not a number from 1 to 65535", p))
+		}
+	}
+	return nil
 }
 
 // PoisonQueueName returns the name of a service's poison queue,

@@ -99,6 +99,53 @@ func TestOpenRefusedCredentialsFailFast(t *testing.T) {
 	}
 }
 
+// TestOpenRejectsURLsItCannotRead: URLs that amqp091-go would read as
+// something else (it falls back to localhost:5672 and guest/guest for what
+// it does not find) fail at once, without a connection attempt, with the
+// URL shown redacted and the way to write it. An opaque URL such as
+// "amqp:guest:secret@host:5679" used to connect to the local broker with
+// the default credentials.
+func TestOpenRejectsURLsItCannotRead(t *testing.T) {
+	cases := []struct {
+		name string
+		u    *url.URL
+		want string
+	}{
+		{"opaque", &url.URL{Scheme: "amqp", Opaque: "guest:s3cret@" + brokerURL(t).Host}, `there is no "//" after the scheme`},
+		{"no host", &url.URL{Scheme: "amqp", User: url.UserPassword("guest", "s3cret"), Host: ":5672", Path: "/"}, "it names no host"},
+		{"empty", &url.URL{Scheme: "amqp", Path: "/vhost"}, "it names no host"},
+		{"port not a number", &url.URL{Scheme: "amqp", User: url.UserPassword("guest", "s3cret"), Host: "127.0.0.1:amqp"}, `the port "amqp" is not a number`},
+		{"port out of range", &url.URL{Scheme: "amqp", User: url.UserPassword("guest", "s3cret"), Host: "127.0.0.1:70000"}, `the port "70000" is not a number from 1 to 65535`},
+		{"port zero", &url.URL{Scheme: "amqps", User: url.UserPassword("guest", "s3cret"), Host: "127.0.0.1:0"}, `the port "0"`},
+		{"fragment", &url.URL{Scheme: "amqp", User: url.UserPassword("guest", "s3cret"), Host: brokerURL(t).Host, Path: "/", Fragment: "x"}, "it has a fragment"},
+		{"other scheme", &url.URL{Scheme: "http", User: url.UserPassword("guest", "s3cret"), Host: brokerURL(t).Host}, `the scheme "http" is neither amqp nor amqps`},
+		{"bad amqp091 parameter", &url.URL{Scheme: "amqp", User: url.UserPassword("guest", "s3cret"), Host: brokerURL(t).Host, RawQuery: "heartbeat=soon"}, "heartbeat is not an uint16"},
+	}
+	for _, c := range cases {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		start := time.Now()
+		tr, err := Open(ctx, eventbus.TransportConfig{URL: c.u, ServiceName: unique("url-")})
+		cancel()
+		if err == nil {
+			_ = tr.Close()
+			t.Errorf("%s: Open(%s) succeeded", c.name, eventbus.RedactURL(c.u.String()))
+			continue
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, c.want) || !strings.Contains(msg, "write it as amqp://user:password@host:port/vhost") || strings.Contains(msg, "s3cret") || !strings.Contains(msg, eventbus.RedactURL(c.u.String())) {
+			t.Errorf("%s: %v; want the redacted URL, %q and how to write it", c.name, err, c.want)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("%s: rejected after %v; want at once", c.name, d)
+		}
+	}
+	// Through the bus's entry point too.
+	_, err := openURL(context.Background(), "amqp:guest:s3cret@"+brokerURL(t).Host, nil)
+	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "write it as amqp://") {
+		t.Errorf("OpenTransport of an opaque URL: %v; want a redacted error saying how to write it", err)
+	}
+}
+
 func TestURLParameters(t *testing.T) {
 	for _, q := range []string{"exchange=", "queue_type=lazy", "publish_channels=0", "bogus=1"} {
 		_, err := openURL(context.Background(), "amqp://guest:pw@127.0.0.1:1/?"+q, nil)
