@@ -32,6 +32,14 @@ import (
 // A message's context is checked before it is sent and while its confirm
 // is awaited; a write the broker is not reading (it blocks publishers
 // during a resource alarm) is not interrupted by it.
+//
+// Before a message is written it is checked against the limits whose
+// violation would make the broker or amqp091-go close the connection or
+// the channel, and with it the other messages in flight: header names of
+// at most 255 bytes, headers and properties that fit in one frame of the
+// size negotiated with the broker, a body of at most max_message_size. A
+// message over a limit fails alone with an error wrapping
+// eventbus.ErrTooLarge that names the limit.
 type Publisher struct {
 	t      *Transport
 	slots  []*pubSlot
@@ -99,6 +107,15 @@ func (p *Publisher) publish(ctx context.Context, exchange, key string, msgs []*m
 		return ErrClosed
 	}
 	b := newBatch(msgs)
+	if len(key) > maxShortString {
+		// amqp091-go would fail writing basic.publish and close the
+		// connection.
+		err := fmt.Errorf("%w: the routing key %q is %d bytes; AMQP limits routing keys to 255 bytes", eventbus.ErrTooLarge, abbreviate(key), len(key))
+		for i := range msgs {
+			b.resolve(i, err)
+		}
+		return b.err(key)
+	}
 	stops := b.watchContexts(ctx)
 	defer func() {
 		for _, stop := range stops {
@@ -205,8 +222,11 @@ func (p *Publisher) drop(s *pubSlot, pc *pubChannel) {
 // are a FIFO queue rather than a map: registering and confirming a message
 // costs no allocation and no hashing.
 type pubChannel struct {
-	ch     *amqp091.Channel
-	sendMu sync.Mutex // serialises sequence numbers and writes; guards pub
+	ch *amqp091.Channel
+	// frameMax is the frame size negotiated on the channel's connection,
+	// 0 for no limit; maxBody is the transport's max_message_size.
+	frameMax, maxBody int
+	sendMu            sync.Mutex // serialises sequence numbers and writes; guards pub
 	// pub is the publishing being sent, reused from message to message
 	// with its header table: amqp091-go has serialised it when Publish
 	// returns, so reusing it saves a map and the boxing of header values
@@ -245,7 +265,7 @@ func openPubChannel(conn *amqp091.Connection, t *Transport) (*pubChannel, error)
 		_ = ch.Close()
 		return nil, err
 	}
-	pc := &pubChannel{ch: ch, done: make(chan struct{})}
+	pc := &pubChannel{ch: ch, frameMax: conn.Config.FrameSize, maxBody: t.opts.maxMessageSize, done: make(chan struct{})}
 	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 1024))
 	returns := ch.NotifyReturn(make(chan amqp091.Return))
 	closes := ch.NotifyClose(make(chan *amqp091.Error, 1))
@@ -372,21 +392,30 @@ func (pc *pubChannel) fail(err error) {
 	}
 }
 
+// maxReusedHeaders is the largest header table a channel keeps for the
+// next message: a map keeps the size it once had, and clearing it for
+// each message would then cost as much as a fresh one.
+const maxReusedHeaders = 64
+
 // send writes message i of b and registers it for its confirm.
 func (pc *pubChannel) send(ctx context.Context, exchange, key string, b *batch, i int) error {
 	pc.sendMu.Lock()
 	defer pc.sendMu.Unlock()
-	fillPublishing(&pc.pub, b.msgs[i])
+	if err := fillPublishing(&pc.pub, b.msgs[i], pc.frameMax, pc.maxBody); err != nil {
+		pc.reset()
+		return err
+	}
 	pc.mu.Lock()
 	if pc.dead != nil {
 		pc.mu.Unlock()
+		pc.reset()
 		return errChannelGone
 	}
 	seq := pc.ch.GetNextPublishSeqNo()
 	pc.push(pending{tag: seq, b: b, i: i, id: pc.pub.MessageId})
 	pc.mu.Unlock()
 	err := pc.ch.PublishWithContext(ctx, exchange, key, true, false, pc.pub)
-	pc.pub.Body = nil // do not keep the payload alive until the next message
+	pc.reset()
 	if err == nil {
 		return nil
 	}
@@ -408,6 +437,15 @@ func (pc *pubChannel) send(ctx context.Context, exchange, key string, b *batch, 
 		return errChannelGone
 	}
 	return fmt.Errorf("sending to the broker: %w", err)
+}
+
+// reset drops what pub must not keep until the next message: the payload,
+// and a header table grown too large.
+func (pc *pubChannel) reset() {
+	pc.pub.Body = nil
+	if len(pc.pub.Headers) > maxReusedHeaders {
+		pc.pub.Headers = nil
+	}
 }
 
 // batch collects the outcome of one Publish call.
@@ -499,11 +537,43 @@ func (b *batch) err(key string) error {
 	return &eventbus.PublishError{Failed: failed}
 }
 
+// AMQP's framing, for the limits checked before a message is written.
+const (
+	// maxShortString is the longest AMQP short string: header names,
+	// routing keys, and properties such as message-id.
+	maxShortString = 255
+	// frameOverhead is what a frame adds to its payload: type, channel,
+	// size and the frame-end octet.
+	frameOverhead = 8
+	// contentHeaderFixed is the part of a content header's payload that
+	// does not depend on the message: class-id, weight, body size and
+	// property flags, and the delivery mode and timestamp every message
+	// carries.
+	contentHeaderFixed = 2 + 2 + 8 + 2 + 1 + 8
+	// tableEntryOverhead is what a header table adds to a string entry's
+	// name and value: the name's length octet, the type octet and the
+	// value's four length octets.
+	tableEntryOverhead = 1 + 1 + 4
+)
+
 // fillPublishing converts a message to an AMQP publishing in pub: the
 // metadata become headers and fill the native properties other clients
 // read. It reuses pub's header table, and the boxed header values that are
 // unchanged since the previous message.
-func fillPublishing(pub *amqp091.Publishing, m *message.Message) {
+//
+// It also measures the content header as it fills it, and returns an
+// error wrapping eventbus.ErrTooLarge when the message breaks a limit
+// whose violation would close the connection (a header name over 255
+// bytes, which amqp091-go cannot encode; a content header larger than
+// frameMax, which the broker rejects with a frame error) or the channel
+// (a body larger than maxBody, which the broker refuses with
+// PRECONDITION_FAILED). Header values are strings, which amqp091-go
+// always encodes. The measurement adds a few additions to the loop that
+// copies the headers: no allocation, no second pass.
+func fillPublishing(pub *amqp091.Publishing, m *message.Message, frameMax, maxBody int) error {
+	if maxBody > 0 && len(m.Payload) > maxBody {
+		return fmt.Errorf("%w: the body is %d bytes, more than max_message_size %d (RabbitMQ's limit, 128 MiB unless the broker's max_message_size says otherwise; set ?max_message_size= in the URL to the broker's value)", eventbus.ErrTooLarge, len(m.Payload), maxBody)
+	}
 	h := pub.Headers
 	if h == nil {
 		h = make(amqp091.Table, len(m.Metadata))
@@ -513,7 +583,12 @@ func fillPublishing(pub *amqp091.Publishing, m *message.Message) {
 			delete(h, k)
 		}
 	}
+	table, long := 0, ""
 	for k, v := range m.Metadata {
+		if len(k) > maxShortString {
+			long = k
+		}
+		table += tableEntryOverhead + len(k) + len(v)
 		if old, ok := h[k].(string); !ok || old != v {
 			h[k] = v
 		}
@@ -533,13 +608,41 @@ func fillPublishing(pub *amqp091.Publishing, m *message.Message) {
 	} else {
 		pub.Timestamp = time.Now()
 	}
+	if long != "" {
+		return fmt.Errorf("%w: the header name %q is %d bytes; AMQP limits header names to 255 bytes (metadata keys travel with the prefix %q)", eventbus.ErrTooLarge, abbreviate(long), len(long), eventbus.MetadataPrefix)
+	}
+	size := contentHeaderFixed + shortLen(pub.ContentType) + shortLen(pub.MessageId) + shortLen(pub.CorrelationId)
+	if len(m.Metadata) > 0 {
+		size += 4 + table
+	}
+	if frameMax > 0 && size+frameOverhead > frameMax {
+		return fmt.Errorf("%w: the header table of %.1f kB (%d header(s)) exceeds the frame size %d negotiated with the broker: AMQP sends all headers and properties in one frame, here of %d bytes; shorten or drop metadata", eventbus.ErrTooLarge, float64(table)/1000, len(m.Metadata), frameMax, size+frameOverhead)
+	}
+	return nil
+}
+
+// shortLen is the encoded size of a short-string property: its length
+// octet and bytes, or nothing when it is empty (and so not sent).
+func shortLen(s string) int {
+	if s == "" {
+		return 0
+	}
+	return 1 + len(s)
 }
 
 // shortstr drops values too long for an AMQP short string (255 bytes); the
 // headers still carry them.
 func shortstr(s string) string {
-	if len(s) > 255 {
+	if len(s) > maxShortString {
 		return ""
 	}
 	return s
+}
+
+// abbreviate shortens s for an error message.
+func abbreviate(s string) string {
+	if len(s) <= 40 {
+		return s
+	}
+	return s[:40] + "..."
 }

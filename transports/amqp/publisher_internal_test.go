@@ -82,16 +82,23 @@ func TestFillPublishingReusesHeaders(t *testing.T) {
 	a.Metadata = message.Metadata{"ce_type": "x.y", "ce_correlationid": "c-a", "content-type": "application/json", "ce_time": "2026-01-02T03:04:05.123456789Z", "meta_k": "v"}
 	b := message.NewMessage("id-b", []byte(`2`))
 	b.Metadata = message.Metadata{"ce_type": "x.y", "ce_time": "bad", "other": "o"}
-	fillPublishing(&pub, a)
-	fillPublishing(&pub, b)
+	mustFill(t, &pub, a)
+	mustFill(t, &pub, b)
 	if len(pub.Headers) != 3 || pub.Headers["ce_type"] != "x.y" || pub.Headers["ce_time"] != "bad" || pub.Headers["other"] != "o" {
 		t.Errorf("headers %v, want b's metadata", pub.Headers)
 	}
 	if pub.MessageId != "id-b" || pub.CorrelationId != "" || pub.ContentType != "" || string(pub.Body) != "2" || pub.DeliveryMode != amqp091.Persistent || pub.Timestamp.IsZero() {
 		t.Errorf("properties %+v, want b's", pub)
 	}
-	fillPublishing(&pub, a)
+	mustFill(t, &pub, a)
 	if len(pub.Headers) != 5 || pub.Headers["meta_k"] != "v" || pub.CorrelationId != "c-a" || pub.ContentType != "application/json" || pub.Timestamp.Unix() != 1767323045 {
 		t.Errorf("publishing %+v, want a's", pub)
+	}
+}
+
+func mustFill(t *testing.T, pub *amqp091.Publishing, m *message.Message) {
+	t.Helper()
+	if err := fillPublishing(pub, m, 131072, DefaultMaxMessageSize); err != nil {
+		t.Fatalf("fillPublishing(%s): %v", m.UUID, err)
 	}
 }

@@ -31,6 +31,13 @@ const DefaultExchange = "events"
 // process on the broker) without the cost of a channel per call.
 const DefaultPublishChannels = 4
 
+// DefaultMaxMessageSize is the largest message body the transport sends
+// unless the URL sets ?max_message_size=: RabbitMQ's own default for its
+// max_message_size setting (128 MiB since 3.8). The broker closes the
+// channel of a larger message, failing the other messages in flight on it,
+// so the transport rejects such a message before sending it.
+const DefaultMaxMessageSize = 128 << 20
+
 // ErrClosed is returned by operations on a closed transport.
 var ErrClosed = errors.New("amqp transport: closed")
 
@@ -51,10 +58,11 @@ type options struct {
 	exchange        string
 	quorum          bool
 	publishChannels int
+	maxMessageSize  int
 }
 
 func parseOptions(u *url.URL) (options, *url.URL, error) {
-	o := options{exchange: DefaultExchange, publishChannels: DefaultPublishChannels}
+	o := options{exchange: DefaultExchange, publishChannels: DefaultPublishChannels, maxMessageSize: DefaultMaxMessageSize}
 	q := u.Query()
 	for k, vs := range q {
 		v := vs[0]
@@ -78,10 +86,17 @@ func parseOptions(u *url.URL) (options, *url.URL, error) {
 				return o, nil, fmt.Errorf("amqp transport: publish_channels=%q must be an integer from 1 to 256", v)
 			}
 			o.publishChannels = n
+		case k == "max_message_size":
+			// RabbitMQ caps its own setting at 512 MiB.
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 512<<20 {
+				return o, nil, fmt.Errorf("amqp transport: max_message_size=%q must be a number of bytes from 1 to 536870912 (the broker's max_message_size)", v)
+			}
+			o.maxMessageSize = n
 		case amqp091Params[k]:
 			continue
 		default:
-			return o, nil, fmt.Errorf("amqp transport: unknown URL parameter %q (known: exchange, queue_type, publish_channels, heartbeat, connection_timeout, channel_max, certfile, keyfile, cacertfile, server_name_indication)", k)
+			return o, nil, fmt.Errorf("amqp transport: unknown URL parameter %q (known: exchange, queue_type, publish_channels, max_message_size, heartbeat, connection_timeout, channel_max, certfile, keyfile, cacertfile, server_name_indication)", k)
 		}
 		q.Del(k)
 	}
@@ -228,8 +243,8 @@ func (t *Transport) PoisonQueue() (eventbus.PoisonQueue, error) { return t.poiso
 
 // Redeliver publishes msgs to the queue of one subscription group through
 // the default exchange, so that no other subscription receives them, with
-// the same confirms as Publish. A group whose queue does not exist makes
-// the messages unroutable.
+// the same confirms and limits as Publish. A group whose queue does not
+// exist makes the messages unroutable.
 func (t *Transport) Redeliver(ctx context.Context, group string, msgs ...*message.Message) error {
 	for _, m := range msgs {
 		if m.Context() == context.Background() {

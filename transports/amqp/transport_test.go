@@ -147,7 +147,7 @@ func TestOpenRejectsURLsItCannotRead(t *testing.T) {
 }
 
 func TestURLParameters(t *testing.T) {
-	for _, q := range []string{"exchange=", "queue_type=lazy", "publish_channels=0", "bogus=1"} {
+	for _, q := range []string{"exchange=", "queue_type=lazy", "publish_channels=0", "bogus=1", "max_message_size=0", "max_message_size=1GB"} {
 		_, err := openURL(context.Background(), "amqp://guest:pw@127.0.0.1:1/?"+q, nil)
 		if err == nil || strings.Contains(err.Error(), ":pw@") {
 			t.Errorf("?%s: got %v, want a redacted error", q, err)
