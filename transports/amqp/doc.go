@@ -72,6 +72,18 @@
 // failed with an error wrapping eventbus.ErrTooLarge that names the limit
 // and the sizes. This holds for Publish, Redeliver and the poison queue.
 //
+// Every call is bounded, also while the broker is unreachable or frozen
+// (it accepts connections and never answers, or stops reading): Open
+// (eventbus.New) returns by its ctx's deadline, each connection attempt
+// bounded besides by 10 s; Publish by its messages' deadlines, whether it
+// waits for the connection, for a channel to open or for a write the
+// broker does not read; Redeliver by its ctx's; Subscribe's ctx bounds the
+// setup of the subscription (queue, binding, consumer), after which the
+// subscription lasts until the subscriber or the transport closes.
+// Transport.Close waits at most 2 s for the broker to confirm, then drops
+// the connection; a subscriber's Close likewise waits at most 2 s for the
+// broker, plus the time its messages in flight take to be settled.
+//
 // A subscriber sets the channel prefetch to the subscription's concurrency,
 // acknowledges a message after its handler succeeded and requeues it when
 // the bus nacks it (the bus's retry and poison middleware keep handler

@@ -29,9 +29,12 @@ import (
 // also batches; every message is mandatory, and a basic.return turns into
 // eventbus.ErrUnroutable for that message.
 //
-// A message's context is checked before it is sent and while its confirm
-// is awaited; a write the broker is not reading (it blocks publishers
-// during a resource alarm) is not interrupted by it.
+// A message's context bounds the whole call: waiting for the connection,
+// for a channel to open, for the socket (a write to a frozen broker blocks
+// once the socket's buffers are full, and a broker under a resource alarm
+// stops reading) and for the confirm. When the messages' contexts can end,
+// the call's messages are written by a goroutine of their own, so that the
+// caller can return when they end whatever the writer waits for.
 //
 // Before a message is written it is checked against the limits whose
 // violation would make the broker or amqp091-go close the connection or
@@ -51,14 +54,27 @@ var _ message.Publisher = (*Publisher)(nil)
 
 // pubSlot holds one pooled channel, replaced after it dies.
 type pubSlot struct {
-	mu sync.Mutex
-	pc *pubChannel
+	// opening is a lock held while the slot's channel is opened; it is a
+	// channel so that waiting for it ends with the waiter's ctx.
+	opening chan struct{}
+	mu      sync.Mutex // guards pc; never held while waiting for the broker
+	pc      *pubChannel
+}
+
+func (s *pubSlot) current() *pubChannel {
+	s.mu.Lock()
+	pc := s.pc
+	s.mu.Unlock()
+	if pc != nil && !pc.isDead() {
+		return pc
+	}
+	return nil
 }
 
 func newPublisher(t *Transport) *Publisher {
 	p := &Publisher{t: t, slots: make([]*pubSlot, t.opts.publishChannels)}
 	for i := range p.slots {
-		p.slots[i] = &pubSlot{}
+		p.slots[i] = &pubSlot{opening: make(chan struct{}, 1)}
 	}
 	return p
 }
@@ -66,31 +82,33 @@ func newPublisher(t *Transport) *Publisher {
 // Publish sends msgs to the exchange with topic as routing key (the bus
 // passes the event name) and waits for the broker's confirms. Messages
 // whose context ends first, that the broker nacks or returns as
-// unroutable, or that were not confirmed when the connection dropped are
-// named in an *eventbus.PublishError; the others were durably accepted.
-// While the connection is down it waits for it within each message's
-// context.
+// unroutable, that exceed a limit of the broker, or that were not
+// confirmed when the connection dropped are named in an
+// *eventbus.PublishError; the others were durably accepted. While the
+// connection is down it waits for it within each message's context.
 func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	return p.publish(msgs[0].Context(), p.t.opts.exchange, topic, msgs)
+	return p.publishBatch(msgs[0].Context(), false, p.t.opts.exchange, topic, msgs)
 }
 
 // Close stops the publisher: later Publish calls fail, and calls waiting
 // for confirms fail when the transport closes. The transport closes it
-// too; closing twice is harmless.
+// too; closing twice is harmless. It waits at most 2 s for the broker.
 func (p *Publisher) Close() error {
 	if p.closed.Swap(true) {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
 	for _, s := range p.slots {
 		s.mu.Lock()
 		pc := s.pc
 		s.pc = nil
 		s.mu.Unlock()
 		if pc != nil {
-			_ = pc.ch.Close()
+			p.t.closeChannel(ctx, pc.ch)
 		}
 	}
 	return nil
@@ -101,8 +119,16 @@ func (p *Publisher) Close() error {
 var errChannelGone = errors.New("publishing channel closed")
 
 // publish sends msgs to exchange with routing key key and waits for their
-// confirms; ctx is only used when the messages carry none.
+// confirms, until ctx or the message's own context ends. It serves the
+// transport's own calls that take a ctx: Redeliver and the poison queue.
 func (p *Publisher) publish(ctx context.Context, exchange, key string, msgs []*message.Message) error {
+	return p.publishBatch(ctx, true, exchange, key, msgs)
+}
+
+// publishBatch sends msgs to exchange with routing key key and waits for
+// their confirms. ctx is the context of the messages that carry none and,
+// when bound is set, also bounds every message.
+func (p *Publisher) publishBatch(ctx context.Context, bound bool, exchange, key string, msgs []*message.Message) error {
 	if p.closed.Load() || p.t.isClosed() {
 		return ErrClosed
 	}
@@ -116,18 +142,31 @@ func (p *Publisher) publish(ctx context.Context, exchange, key string, msgs []*m
 		}
 		return b.err(key)
 	}
-	stops := b.watchContexts(ctx)
+	b.offline = p.offline
+	stops, bounded := b.watchContexts(ctx, bound)
 	defer func() {
 		for _, stop := range stops {
 			stop()
 		}
 	}()
+	if bounded {
+		go p.send(exchange, key, b)
+	} else {
+		p.send(exchange, key, b)
+	}
+	<-b.done
+	return b.err(key)
+}
+
+// send writes the messages of b, each once its channel is open, unless its
+// context ended first; b resolves each message.
+func (p *Publisher) send(exchange, key string, b *batch) {
 	slot := p.slots[int(p.next.Add(1))%len(p.slots)]
 	var pc *pubChannel
-	for i := range msgs {
-		mctx := b.ctxs[i]
+	for i := range b.msgs {
+		mctx := b.state[i].ctx
 		if err := mctx.Err(); err != nil {
-			b.resolve(i, err)
+			b.resolve(i, notSent(err))
 			continue
 		}
 		for {
@@ -152,8 +191,6 @@ func (p *Publisher) publish(ctx context.Context, exchange, key string, msgs []*m
 			break
 		}
 	}
-	<-b.done
-	return b.err(key)
 }
 
 // channel returns the slot's live channel, opening one (waiting for the
@@ -163,44 +200,54 @@ func (p *Publisher) channel(ctx context.Context, s *pubSlot) (*pubChannel, error
 		if p.closed.Load() {
 			return nil, ErrClosed
 		}
-		s.mu.Lock()
-		pc := s.pc
-		s.mu.Unlock()
-		if pc != nil && !pc.isDead() {
+		if pc := s.current(); pc != nil {
 			return pc, nil
 		}
-		// Wait without the slot's lock, so that every caller waits
-		// within its own ctx.
 		conn, _, err := p.t.conn.get(ctx)
 		if err != nil {
 			return nil, err
 		}
-		s.mu.Lock()
-		if s.pc != nil && !s.pc.isDead() {
-			pc := s.pc
-			s.mu.Unlock()
+		select {
+		case s.opening <- struct{}{}:
+		case <-ctx.Done():
+			return nil, notSent(fmt.Errorf("waiting for a publishing channel to open: %w", ctx.Err()))
+		}
+		if pc := s.current(); pc != nil {
+			<-s.opening
 			return pc, nil
 		}
-		pc, err = openPubChannel(conn, p.t)
+		pc, err := p.openPubChannel(ctx, conn)
 		if err == nil {
+			s.mu.Lock()
 			if p.closed.Load() {
 				s.mu.Unlock()
-				_ = pc.ch.Close()
+				<-s.opening
+				p.t.closeChannel(ctx, pc.ch)
 				return nil, ErrClosed
 			}
 			s.pc = pc
+			s.mu.Unlock()
 		}
-		s.mu.Unlock()
+		<-s.opening
 		if err == nil {
 			return pc, nil
 		}
-		if conn.IsClosed() {
+		if ctx.Err() == nil && conn.IsClosed() {
 			// The connection died under us; wait for the next one.
 			p.t.conn.lost(conn)
 			continue
 		}
 		return nil, fmt.Errorf("opening a publishing channel: %w", err)
 	}
+}
+
+// offline says why a message could not be sent when the transport is not
+// connected, and returns "" when it is.
+func (p *Publisher) offline() string {
+	if up, _ := p.t.conn.connected(); up {
+		return ""
+	}
+	return fmt.Sprintf("%v (%s)", errNotConnected, p.t.conn.redacted)
 }
 
 func (p *Publisher) drop(s *pubSlot, pc *pubChannel) {
@@ -226,7 +273,10 @@ type pubChannel struct {
 	// frameMax is the frame size negotiated on the channel's connection,
 	// 0 for no limit; maxBody is the transport's max_message_size.
 	frameMax, maxBody int
-	sendMu            sync.Mutex // serialises sequence numbers and writes; guards pub
+	// sendLock serialises sequence numbers and writes and guards pub; it
+	// is a channel so that waiting for a write blocked on a frozen broker
+	// ends with the waiter's ctx.
+	sendLock chan struct{}
 	// pub is the publishing being sent, reused from message to message
 	// with its header table: amqp091-go has serialised it when Publish
 	// returns, so reusing it saves a map and the boxing of header values
@@ -249,23 +299,30 @@ type pending struct {
 	returned *amqp091.Return
 }
 
-func openPubChannel(conn *amqp091.Connection, t *Transport) (*pubChannel, error) {
-	ch, err := conn.Channel()
+// openPubChannel opens a confirm-mode channel on conn within ctx.
+func (p *Publisher) openPubChannel(ctx context.Context, conn *amqp091.Connection) (*pubChannel, error) {
+	t := p.t
+	ch, err := t.channelOn(ctx, conn)
 	if err != nil {
 		return nil, err
 	}
-	if err := ch.Confirm(false); err != nil {
-		_ = ch.Close()
+	err = t.within(ctx, ch, "setting up a publishing channel", func() error {
+		if err := ch.Confirm(false); err != nil {
+			return err
+		}
+		// Channels are long-lived, so declaring the exchange on each
+		// costs little, and a channel closed by a publish to a deleted
+		// exchange is replaced by one that works.
+		return t.declareExchange(ch)
+	})
+	if err != nil {
+		t.closeChannel(ctx, ch)
 		return nil, err
 	}
-	// Channels are long-lived, so declaring the exchange on each costs
-	// little, and a channel closed by a publish to a deleted exchange is
-	// replaced by one that works.
-	if err := t.declareExchange(ch); err != nil {
-		_ = ch.Close()
-		return nil, err
+	pc := &pubChannel{
+		ch: ch, frameMax: conn.Config.FrameSize, maxBody: t.opts.maxMessageSize,
+		sendLock: make(chan struct{}, 1), done: make(chan struct{}),
 	}
-	pc := &pubChannel{ch: ch, frameMax: conn.Config.FrameSize, maxBody: t.opts.maxMessageSize, done: make(chan struct{})}
 	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 1024))
 	returns := ch.NotifyReturn(make(chan amqp091.Return))
 	closes := ch.NotifyClose(make(chan *amqp091.Error, 1))
@@ -397,11 +454,23 @@ func (pc *pubChannel) fail(err error) {
 // each message would then cost as much as a fresh one.
 const maxReusedHeaders = 64
 
-// send writes message i of b and registers it for its confirm.
+// send writes message i of b and registers it for its confirm; it returns
+// nil without writing when the message's context ended first.
 func (pc *pubChannel) send(ctx context.Context, exchange, key string, b *batch, i int) error {
-	pc.sendMu.Lock()
-	defer pc.sendMu.Unlock()
-	if err := fillPublishing(&pc.pub, b.msgs[i], pc.frameMax, pc.maxBody); err != nil {
+	select {
+	case pc.sendLock <- struct{}{}:
+	default:
+		// Another message is being written: wait for it within ctx,
+		// since a write to a frozen broker may never end.
+		select {
+		case pc.sendLock <- struct{}{}:
+		case <-ctx.Done():
+			return notSent(ctx.Err())
+		}
+	}
+	defer func() { <-pc.sendLock }()
+	err := fillPublishing(&pc.pub, b.msgs[i], pc.frameMax, pc.maxBody)
+	if err != nil {
 		pc.reset()
 		return err
 	}
@@ -411,10 +480,15 @@ func (pc *pubChannel) send(ctx context.Context, exchange, key string, b *batch, 
 		pc.reset()
 		return errChannelGone
 	}
+	if !b.claim(i) {
+		pc.mu.Unlock()
+		pc.reset()
+		return nil // its context ended: already reported
+	}
 	seq := pc.ch.GetNextPublishSeqNo()
 	pc.push(pending{tag: seq, b: b, i: i, id: pc.pub.MessageId})
 	pc.mu.Unlock()
-	err := pc.ch.PublishWithContext(ctx, exchange, key, true, false, pc.pub)
+	err = pc.ch.Publish(exchange, key, true, false, pc.pub)
 	pc.reset()
 	if err == nil {
 		return nil
@@ -434,6 +508,7 @@ func (pc *pubChannel) send(ctx context.Context, exchange, key string, b *batch, 
 	pc.mu.Unlock()
 	if errors.Is(err, amqp091.ErrClosed) && stillPending {
 		// amqp091-go checks for a closed channel before writing anything.
+		b.unclaim(i)
 		return errChannelGone
 	}
 	return fmt.Errorf("sending to the broker: %w", err)
@@ -451,37 +526,47 @@ func (pc *pubChannel) reset() {
 // batch collects the outcome of one Publish call.
 type batch struct {
 	msgs      []*message.Message
-	ctxs      []context.Context
-	mu        sync.Mutex
-	errs      []error
-	resolved  []bool
+	state     []msgState
+	mu        sync.Mutex // guards state's err, resolved and sent, and remaining
 	remaining int
 	done      chan struct{}
+	// offline, when set, says why a message was not sent when its
+	// context ended.
+	offline func() string
+}
+
+type msgState struct {
+	ctx      context.Context
+	err      error
+	resolved bool
+	sent     bool // written, or about to be
 }
 
 func newBatch(msgs []*message.Message) *batch {
-	b := &batch{
-		msgs: msgs, ctxs: make([]context.Context, len(msgs)),
-		errs: make([]error, len(msgs)), resolved: make([]bool, len(msgs)),
-		remaining: len(msgs), done: make(chan struct{}),
-	}
-	return b
+	return &batch{msgs: msgs, state: make([]msgState, len(msgs)), remaining: len(msgs), done: make(chan struct{})}
 }
 
 // watchContexts fails the unconfirmed messages of each distinct message
-// context when it ends; messages without a context use ctx.
-func (b *batch) watchContexts(ctx context.Context) []func() bool {
-	var stops []func() bool
+// context when it ends; messages without a context use ctx, and with all
+// set every message fails when ctx ends. bounded reports whether any
+// message can end.
+func (b *batch) watchContexts(ctx context.Context, all bool) (stops []func() bool, bounded bool) {
 	var seen []context.Context
+	if all && ctx != nil && ctx.Done() != nil {
+		bounded = true
+		seen = append(seen, ctx)
+		stops = append(stops, context.AfterFunc(ctx, func() { b.expire(ctx, true) }))
+	}
 	for i, m := range b.msgs {
 		c := m.Context()
 		if c == context.Background() && ctx != nil {
 			c = ctx
 		}
-		b.ctxs[i] = c
+		b.state[i].ctx = c
 		if c.Done() == nil {
 			continue
 		}
+		bounded = true
 		dup := false
 		for _, s := range seen {
 			if s == c {
@@ -493,25 +578,74 @@ func (b *batch) watchContexts(ctx context.Context) []func() bool {
 			continue
 		}
 		seen = append(seen, c)
-		stops = append(stops, context.AfterFunc(c, func() {
-			for j := range b.msgs {
-				if b.ctxs[j] == c {
-					b.resolve(j, c.Err())
-				}
-			}
-		}))
+		stops = append(stops, context.AfterFunc(c, func() { b.expire(c, false) }))
 	}
-	return stops
+	return stops, bounded
+}
+
+// expire fails the unresolved messages whose context is c, which ended,
+// or all of them.
+func (b *batch) expire(c context.Context, all bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for j := range b.state {
+		if st := &b.state[j]; (all || st.ctx == c) && !st.resolved {
+			if st.sent {
+				b.resolveLocked(j, fmt.Errorf("no confirm from the broker before the context ended; the broker may still have the message: %w", c.Err()))
+			} else if why := b.why(); why != "" {
+				b.resolveLocked(j, fmt.Errorf("not sent to the broker before the context ended: %s: %w", why, c.Err()))
+			} else {
+				b.resolveLocked(j, notSent(c.Err()))
+			}
+		}
+	}
+}
+
+func (b *batch) why() string {
+	if b.offline == nil {
+		return ""
+	}
+	return b.offline()
+}
+
+// notSent is the error of a message that the context's end kept from
+// being written.
+func notSent(err error) error {
+	return fmt.Errorf("not sent to the broker before the context ended: %w", err)
+}
+
+// claim marks message i as being written, unless it is resolved already
+// (its context ended): then it returns false.
+func (b *batch) claim(i int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state[i].resolved {
+		return false
+	}
+	b.state[i].sent = true
+	return true
+}
+
+// unclaim undoes claim for a message that was not written after all.
+func (b *batch) unclaim(i int) {
+	b.mu.Lock()
+	b.state[i].sent = false
+	b.mu.Unlock()
 }
 
 func (b *batch) resolve(i int, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.resolved[i] {
+	b.resolveLocked(i, err)
+}
+
+func (b *batch) resolveLocked(i int, err error) {
+	st := &b.state[i]
+	if st.resolved {
 		return
 	}
-	b.resolved[i] = true
-	b.errs[i] = err
+	st.resolved = true
+	st.err = err
 	b.remaining--
 	if b.remaining == 0 {
 		close(b.done)
@@ -522,8 +656,8 @@ func (b *batch) err(key string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var failed []eventbus.FailedEvent
-	for i, err := range b.errs {
-		if err != nil {
+	for i := range b.state {
+		if err := b.state[i].err; err != nil {
 			name := b.msgs[i].Metadata.Get(wire.Type)
 			if name == "" {
 				name = key

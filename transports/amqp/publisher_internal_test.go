@@ -55,7 +55,7 @@ func TestPubChannelConfirmQueue(t *testing.T) {
 	}
 	want := []string{"", "unroutable", "nacked", "", "", "closed", "closed", ""}
 	for i, w := range want {
-		err := b.errs[i]
+		err := b.state[i].err
 		switch {
 		case w == "" && err != nil:
 			t.Errorf("message %d: %v, want success", i, err)
