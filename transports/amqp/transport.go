@@ -54,8 +54,15 @@ const handshakeTimeout = 10 * time.Second
 // acknowledged.
 const closeTimeout = 2 * time.Second
 
-// ErrClosed is returned by operations on a closed transport.
-var ErrClosed = errors.New("amqp transport: closed")
+// ErrClosed is returned by operations on a closed transport. It matches
+// eventbus.ErrClosed with errors.Is, so that the bus and its users test
+// for one error whatever the transport.
+var ErrClosed error = closedError{}
+
+type closedError struct{}
+
+func (closedError) Error() string        { return "amqp transport: closed" }
+func (closedError) Is(target error) bool { return target == eventbus.ErrClosed }
 
 func init() {
 	eventbus.Register("amqp", eventbus.DriverFunc(Open))

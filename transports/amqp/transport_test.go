@@ -538,3 +538,39 @@ func TestDeletedQueueIsRedeclared(t *testing.T) {
 	}, func() string { return fmt.Sprint(lastErr) })
 	waitFor(t, 20*time.Second, "the event handled", func() bool { return handled.has(id) }, func() string { return "not handled" })
 }
+
+// TestClosedTransportErrors: after Close, every operation fails with an
+// error that matches eventbus.ErrClosed, so that the bus reports the same
+// error whatever the transport.
+func TestClosedTransportErrors(t *testing.T) {
+	ctx := context.Background()
+	svc := unique("closed-")
+	tr, err := eventbus.OpenTransport(ctx, eventbus.Config{ServiceName: svc, URL: isolatedURL(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := tr.NewSubscriber(eventbus.SubscriberConfig{Group: svc + ".s", Service: svc, Subscription: "s", Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pq, _ := tr.PoisonQueue()
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, subErr := sub.Subscribe(ctx, "closed.#")
+	_, newSubErr := tr.NewSubscriber(eventbus.SubscriberConfig{Group: svc + ".t", Service: svc, Subscription: "t", Concurrency: 1})
+	_, listErr := pq.List(ctx)
+	for what, err := range map[string]error{
+		"Publish":       tr.Publisher().Publish("closed.x", message.NewMessage("a", []byte(`{}`))),
+		"Redeliver":     tr.Redeliver(ctx, svc+".s", message.NewMessage("b", []byte(`{}`))),
+		"Subscribe":     subErr,
+		"NewSubscriber": newSubErr,
+		"poison Add":    pq.Add(ctx, message.NewMessage("c", []byte(`{}`))),
+		"poison List":   listErr,
+		"poison Remove": pq.Remove(ctx),
+	} {
+		if !errors.Is(err, eventbus.ErrClosed) {
+			t.Errorf("%s after Close: %v; want an error matching eventbus.ErrClosed", what, err)
+		}
+	}
+}
