@@ -297,6 +297,10 @@ type pending struct {
 	i        int
 	id       string // the message-id property, to match returns
 	returned *amqp091.Return
+	// writing marks the message being written: if the channel dies
+	// meanwhile, its writer decides its fate (sent again on another
+	// channel when nothing was written).
+	writing bool
 }
 
 // openPubChannel opens a confirm-mode channel on conn within ctx.
@@ -438,11 +442,20 @@ func (pc *pubChannel) confirm(c amqp091.Confirmation) {
 	}
 }
 
+// fail marks the channel dead and fails the messages awaiting confirms,
+// except the one being written, which its writer settles.
 func (pc *pubChannel) fail(err error) {
 	pc.mu.Lock()
 	pc.dead = err
-	ps := pc.queue[pc.head:]
-	pc.queue, pc.head = nil, 0
+	var ps, writing []pending
+	for _, p := range pc.queue[pc.head:] {
+		if p.writing {
+			writing = append(writing, p)
+		} else {
+			ps = append(ps, p)
+		}
+	}
+	pc.queue, pc.head = writing, 0
 	pc.mu.Unlock()
 	for _, p := range ps {
 		p.b.resolve(p.i, err)
@@ -486,32 +499,45 @@ func (pc *pubChannel) send(ctx context.Context, exchange, key string, b *batch, 
 		return nil // its context ended: already reported
 	}
 	seq := pc.ch.GetNextPublishSeqNo()
-	pc.push(pending{tag: seq, b: b, i: i, id: pc.pub.MessageId})
+	pc.push(pending{tag: seq, b: b, i: i, id: pc.pub.MessageId, writing: true})
 	pc.mu.Unlock()
 	err = pc.ch.Publish(exchange, key, true, false, pc.pub)
 	pc.reset()
-	if err == nil {
-		return nil
-	}
-	// Unregister the message unless the channel's failure resolved it
-	// already; amqp091-go has taken its sequence number back.
+	// The message is the last one queued (sendLock keeps others from
+	// being queued meanwhile), unless its confirm came already.
 	pc.mu.Lock()
-	stillPending := false
-	if n := len(pc.queue); n > pc.head && pc.queue[n-1].tag == seq {
+	queued := false
+	if n := len(pc.queue); n > pc.head && pc.queue[n-1].tag == seq && pc.queue[n-1].b == b && pc.queue[n-1].i == i {
+		queued = true
+		if err == nil && pc.dead == nil {
+			pc.queue[n-1].writing = false
+			pc.mu.Unlock()
+			return nil
+		}
 		pc.queue[n-1] = pending{}
 		pc.queue = pc.queue[:n-1]
 		if pc.head == len(pc.queue) {
 			pc.queue, pc.head = pc.queue[:0], 0
 		}
-		stillPending = true
 	}
+	dead := pc.dead
 	pc.mu.Unlock()
-	if errors.Is(err, amqp091.ErrClosed) && stillPending {
-		// amqp091-go checks for a closed channel before writing anything.
+	switch {
+	case err == nil && queued:
+		// Written, but the channel died before it could be confirmed.
+		b.resolve(i, dead)
+		return nil
+	case err == nil:
+		return nil // confirmed already
+	case errors.Is(err, amqp091.ErrClosed):
+		// amqp091-go checks for a closed channel or connection before
+		// writing anything: send it on another channel. (amqp091-go
+		// has taken its sequence number back.)
 		b.unclaim(i)
 		return errChannelGone
+	default:
+		return fmt.Errorf("sending to the broker: %w", err)
 	}
-	return fmt.Errorf("sending to the broker: %w", err)
 }
 
 // reset drops what pub must not keep until the next message: the payload,

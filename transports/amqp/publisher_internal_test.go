@@ -102,3 +102,25 @@ func mustFill(t *testing.T, pub *amqp091.Publishing, m *message.Message) {
 		t.Fatalf("fillPublishing(%s): %v", m.UUID, err)
 	}
 }
+
+// TestFailSparesMessageBeingWritten: when a channel dies, the messages
+// awaiting confirms fail, except the one being written, whose writer
+// decides: amqp091-go writes nothing on a closed channel, so the writer
+// sends it again on another channel rather than failing it.
+func TestFailSparesMessageBeingWritten(t *testing.T) {
+	pc := &pubChannel{}
+	b := newTestBatch(3)
+	pc.push(pending{tag: 1, b: b, i: 0, id: "m0"})
+	pc.push(pending{tag: 2, b: b, i: 1, id: "m1"})
+	pc.push(pending{tag: 3, b: b, i: 2, id: "m2", writing: true})
+	pc.fail(errors.New("channel closed"))
+	if b.state[0].err == nil || b.state[1].err == nil {
+		t.Errorf("written messages not failed: %v, %v", b.state[0].err, b.state[1].err)
+	}
+	if b.state[2].resolved {
+		t.Errorf("the message being written was failed: %v", b.state[2].err)
+	}
+	if len(pc.queue) != 1 || pc.queue[0].tag != 3 {
+		t.Errorf("queue after fail: %+v, want the message being written", pc.queue)
+	}
+}
