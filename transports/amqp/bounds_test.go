@@ -408,3 +408,63 @@ func TestChannelHelpersWhileStalled(t *testing.T) {
 		t.Error("closeChannel returned before the channel closed on a healthy broker")
 	}
 }
+
+// TestFrozenConnectionIsReplaced: a Publish without a deadline, blocked
+// writing to a frozen broker's full socket, is released once the
+// heartbeats tell that the connection is dead; it then waits for the next
+// connection (it has no deadline) and sends the rest of its messages on
+// it. amqp091-go's shutdown of the dead connection waits for the lock the
+// blocked writer holds, so before the transport closed the socket itself
+// both waited for ever and the transport never reconnected.
+func TestFrozenConnectionIsReplaced(t *testing.T) {
+	px := startFaultProxy(t)
+	// Heartbeats every 0.5 s: amqp091-go gives up on a connection that
+	// sent nothing for 1.5 s.
+	tr := openVia(t, px, "publish_channels", "1", "heartbeat", "1")
+	q := sinkQueue(t, tr, "frozen.#")
+	if err := tr.Publisher().Publish("frozen.x", rawMessage(context.Background(), 10)); err != nil {
+		t.Fatal(err)
+	}
+	gen := generation(t, tr)
+	px.Stall()
+	done := make(chan error, 1)
+	big := make([]*message.Message, 24)
+	for i := range big {
+		big[i] = rawMessage(context.Background(), 1<<20)
+	}
+	go func() { done <- tr.Publisher().Publish("frozen.x", big...) }()
+	var pc *pubChannel
+	waitFor(t, 10*time.Second, "a write under way", func() bool {
+		pc = tr.pub.slots[0].current()
+		return pc != nil && len(pc.sendLock) == 1
+	}, func() string { return "none" })
+	waitConnected(t, tr, false)
+	// Still frozen: only the transport can release the writer.
+	waitFor(t, 10*time.Second, "the blocked write released", func() bool { return len(pc.sendLock) == 0 }, func() string { return "still blocked" })
+	px.Heal()
+	waitConnected(t, tr, true)
+	if g := generation(t, tr); g == gen {
+		t.Errorf("connected on generation %d, want a new connection", g)
+	}
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the Publish blocked on the dead connection's socket did not return")
+	}
+	var pe *eventbus.PublishError
+	failed := 0
+	if errors.As(err, &pe) {
+		failed = len(pe.Failed)
+	} else if err != nil {
+		t.Fatalf("Publish: %v; want a PublishError naming the messages lost with the connection", err)
+	}
+	if failed == 0 || failed == len(big) {
+		t.Errorf("%d of %d messages failed; want those in flight on the dead connection only", failed, len(big))
+	}
+	if n := queueLength(t, q); n < 1+len(big)-failed {
+		t.Errorf("the queue holds %d messages; want at least the %d confirmed", n, 1+len(big)-failed)
+	}
+	t.Logf("%d of %d messages failed with the connection: %v", failed, len(big), err)
+	roundTrip(t, tr)
+}
