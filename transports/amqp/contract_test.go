@@ -15,6 +15,12 @@ func TestContract(t *testing.T) {
 	contracttests.Run(t, contracttests.Harness{
 		Name: "amqp",
 		URL:  func(t testing.TB) string { return isolatedURL(t) },
+		// Faults through a loopback proxy the test cuts or freezes, in
+		// front of the shared broker (which is never stopped).
+		Faulty: func(t testing.TB) (string, contracttests.Faults) {
+			px := startFaultProxy(t)
+			return isolatedURLVia(t, px.Addr()), px
+		},
 		// Sequential: the whole suite takes a few seconds, and timing
 		// checks (retry delays, Close waiting) stay meaningful on a busy
 		// machine.

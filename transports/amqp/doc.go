@@ -40,10 +40,15 @@
 //
 // URL query parameters: exchange (default "events"), queue_type ("classic"
 // or "quorum"), publish_channels (size of the pool of confirm-mode channels
-// concurrent publishers share, default 4), and amqp091-go's own heartbeat,
-// connection_timeout, channel_max, server_name_indication, certfile, keyfile
-// and cacertfile. Other parameters are rejected, so a typo does not go
-// unnoticed.
+// concurrent publishers share, default 4), max_message_size (the largest
+// body sent, default 134217728: set it to the broker's max_message_size if
+// that was changed), and amqp091-go's own heartbeat, connection_timeout,
+// channel_max, server_name_indication, certfile, keyfile and cacertfile.
+// Other parameters are rejected, so a typo does not go unnoticed, and so is
+// a URL amqp091-go would read as something else than it says (it falls
+// back to localhost:5672 and guest/guest for what it does not find): one
+// without "//" after the scheme, without a host, with a port that is not a
+// number from 1 to 65535 or with a fragment.
 //
 // # Guarantees
 //
@@ -54,6 +59,30 @@
 // name), or did not confirm before the connection was lost or the message's
 // context ended. A message in that list may still have reached the broker
 // (a confirm can be lost with the connection): delivery is at least once.
+//
+// One bad message fails alone. Before a message is written it is checked
+// against the limits whose violation would close the connection or the
+// channel, and with it every message in flight on them: a header name (a
+// metadata key with its "meta_" prefix) of at most 255 bytes, which
+// amqp091-go cannot encode otherwise; headers and properties that fit in
+// one frame of the size negotiated with the broker (131,072 bytes by
+// default), beyond which RabbitMQ closes the connection with a frame
+// error; a body of at most max_message_size, beyond which it closes the
+// channel; a routing key of at most 255 bytes. Such a message is reported
+// failed with an error wrapping driver.ErrTooLarge that names the limit
+// and the sizes. This holds for Publish, Redeliver and the poison queue.
+//
+// Every call is bounded, also while the broker is unreachable or frozen
+// (it accepts connections and never answers, or stops reading): Open
+// (eventbus.New) returns by its ctx's deadline, each connection attempt
+// bounded besides by 10 s; Publish by its messages' deadlines, whether it
+// waits for the connection, for a channel to open or for a write the
+// broker does not read; Redeliver by its ctx's; Subscribe's ctx bounds the
+// setup of the subscription (queue, binding, consumer), after which the
+// subscription lasts until the subscriber or the transport closes.
+// Transport.Close waits at most 2 s for the broker to confirm, then drops
+// the connection; a subscriber's Close likewise waits at most 2 s for the
+// broker, plus the time its messages in flight take to be settled.
 //
 // A subscriber sets the channel prefetch to the subscription's concurrency,
 // acknowledges a message after its handler succeeded and requeues it when

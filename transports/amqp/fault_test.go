@@ -21,8 +21,8 @@ import (
 // and every other event was reported failed by its Publish.
 func TestFaultCutMidStream(t *testing.T) {
 	const total, batchSize = 10000, 100
-	px := startProxy(t, brokerURL(t).Host, nil)
-	url := isolatedURLVia(t, px.addr())
+	px := startFaultProxy(t)
+	url := isolatedURLVia(t, px.Addr())
 	sub := newBus(t, url, unique("fault-sub-"))
 	pub := newBus(t, url, unique("fault-pub-"))
 	handled := newCounter()

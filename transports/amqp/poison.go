@@ -10,7 +10,6 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
-	"github.com/paissive/go-eventbus/internal/blocking"
 )
 
 // poisonQueue is the service's durable poison queue, "poison:<service>".
@@ -26,7 +25,7 @@ type poisonQueue struct {
 
 // declare makes sure the queue exists on the current connection.
 func (p *poisonQueue) declare(ctx context.Context) error {
-	conn, gen, err := p.t.conn.get(ctx)
+	_, gen, err := p.t.conn.get(ctx)
 	if err != nil {
 		return err
 	}
@@ -36,17 +35,14 @@ func (p *poisonQueue) declare(ctx context.Context) error {
 	if done {
 		return nil
 	}
-	err = blocking.Do(ctx, func() error {
-		ch, err := conn.Channel()
-		if err != nil {
-			return err
-		}
-		defer ch.Close()
-		return p.t.declareQueue(ch, p.name)
-	})
+	ch, gen, err := p.t.openChannel(ctx)
 	if err != nil {
 		return err
 	}
+	if err := p.t.within(ctx, ch, "declaring the poison queue", func() error { return p.t.declareQueue(ch, p.name) }); err != nil {
+		return err
+	}
+	p.t.closeChannel(ctx, ch)
 	p.mu.Lock()
 	p.declaredGen = gen
 	p.mu.Unlock()
@@ -78,30 +74,22 @@ func (p *poisonQueue) Add(ctx context.Context, msg *message.Message) error {
 // channel opens a channel with the queue declared, within ctx; it returns
 // the number of messages the queue held.
 func (p *poisonQueue) channel(ctx context.Context) (*amqp091.Channel, int, error) {
-	conn, _, err := p.t.conn.get(ctx)
+	ch, _, err := p.t.openChannel(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	type opened struct {
-		ch *amqp091.Channel
-		n  int
-	}
-	o, err := blocking.Call(ctx, func() (opened, error) {
-		ch, err := conn.Channel()
-		if err != nil {
-			return opened{}, err
-		}
+	var q amqp091.Queue
+	err = p.t.within(ctx, ch, "declaring the poison queue", func() (err error) {
 		if h := testHookDeclare; h != nil {
 			h(p.t.opts.exchange, p.name)
 		}
-		q, err := ch.QueueDeclare(p.name, true, false, false, false, p.t.queueArgs())
-		if err != nil {
-			_ = ch.Close()
-			return opened{}, fmt.Errorf("declaring queue %q: %w", p.name, err)
-		}
-		return opened{ch, q.Messages}, nil
-	}, func(o opened) { _ = o.ch.Close() })
-	return o.ch, o.n, err
+		q, err = ch.QueueDeclare(p.name, true, false, false, false, p.t.queueArgs())
+		return err
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return ch, q.Messages, nil
 }
 
 // Scan gets the messages the queue held when it started, a page at a time
@@ -118,9 +106,9 @@ func (p *poisonQueue) Scan(ctx context.Context, pageSize int, visit func([]*mess
 	if err != nil {
 		return fmt.Errorf("amqp transport: poison queue %s: %w", p.name, err)
 	}
-	// Closing the channel requeues whatever is still unacknowledged; it
-	// may wait for a frozen broker, so it does not hold the caller.
-	defer func() { go ch.Close() }()
+	// After a call abandoned at ctx's end, within has closed the channel,
+	// which requeues what it holds; otherwise closing it does.
+	defer p.t.closeChannel(ctx, ch)
 	var lastTag uint64
 	for remaining > 0 {
 		page := make([]*message.Message, 0, min(pageSize, remaining))
@@ -128,7 +116,7 @@ func (p *poisonQueue) Scan(ctx context.Context, pageSize int, visit func([]*mess
 		for len(page) < pageSize && remaining > 0 {
 			var d amqp091.Delivery
 			var ok bool
-			err := blocking.Do(ctx, func() (err error) {
+			err := p.t.within(ctx, ch, "reading the poison queue", func() (err error) {
 				d, ok, err = ch.Get(p.name, false)
 				return err
 			})
@@ -176,8 +164,9 @@ func (p *poisonQueue) Purge(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("amqp transport: poison queue %s: %w", p.name, err)
 	}
-	defer func() { go ch.Close() }()
-	if err := blocking.Do(ctx, func() error { _, err := ch.QueuePurge(p.name, false); return err }); err != nil {
+	defer p.t.closeChannel(ctx, ch)
+	err = p.t.within(ctx, ch, "purging the poison queue", func() error { _, err := ch.QueuePurge(p.name, false); return err })
+	if err != nil {
 		return fmt.Errorf("amqp transport: purging poison queue %s: %w", p.name, err)
 	}
 	return nil

@@ -5,70 +5,63 @@ import (
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
+
+	"github.com/paissive/go-eventbus/internal/faultnet"
 )
 
-// proxy is a TCP proxy on 127.0.0.1 in front of the broker that a test can
-// cut (every connection is closed and new ones are refused) and heal. With
-// a TLS config it terminates TLS, as a load balancer in front of RabbitMQ
-// would.
-type proxy struct {
-	ln      net.Listener
-	target  string
-	tls     *tls.Config
-	mu      sync.Mutex
-	cut     bool
-	conns   map[net.Conn]struct{}
-	wg      sync.WaitGroup
-	refused atomic.Int64 // connections refused while cut
+// startFaultProxy starts a faultnet proxy in front of the test broker,
+// closed when the test ends.
+func startFaultProxy(t testing.TB) *faultnet.Proxy {
+	t.Helper()
+	px, err := faultnet.NewProxy(brokerURL(t).Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = px.Close() })
+	return px
 }
 
-func startProxy(t testing.TB, target string, tlsCfg *tls.Config) *proxy {
+// tlsProxy is a TCP proxy on 127.0.0.1 in front of the broker that
+// terminates TLS, as a load balancer in front of RabbitMQ would.
+type tlsProxy struct {
+	ln     net.Listener
+	target string
+	tls    *tls.Config
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	wg     sync.WaitGroup
+}
+
+func startTLSProxy(t testing.TB, target string, tlsCfg *tls.Config) *tlsProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{ln: ln, target: target, tls: tlsCfg, conns: map[net.Conn]struct{}{}}
+	p := &tlsProxy{ln: ln, target: target, tls: tlsCfg, conns: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.close)
 	return p
 }
 
-func (p *proxy) addr() string { return p.ln.Addr().String() }
+func (p *tlsProxy) addr() string { return p.ln.Addr().String() }
 
-func (p *proxy) accept() {
+func (p *tlsProxy) accept() {
 	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
 			return
 		}
-		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			p.refused.Add(1)
-			_ = c.Close()
-			continue
-		}
-		p.mu.Unlock()
-		if p.tls != nil {
-			c = tls.Server(c, p.tls)
-		}
+		c = tls.Server(c, p.tls)
 		up, err := net.Dial("tcp", p.target)
 		if err != nil {
 			_ = c.Close()
 			continue
 		}
 		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			_ = c.Close()
-			_ = up.Close()
-			continue
-		}
 		p.conns[c] = struct{}{}
 		p.conns[up] = struct{}{}
 		p.mu.Unlock()
@@ -78,7 +71,7 @@ func (p *proxy) accept() {
 	}
 }
 
-func (p *proxy) pipe(dst, src net.Conn) {
+func (p *tlsProxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
 	_, _ = io.Copy(dst, src)
 	_ = dst.Close()
@@ -89,25 +82,12 @@ func (p *proxy) pipe(dst, src net.Conn) {
 	p.mu.Unlock()
 }
 
-// Cut closes every proxied connection and refuses new ones until Heal.
-func (p *proxy) Cut() {
+func (p *tlsProxy) close() {
+	_ = p.ln.Close()
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
 	for c := range p.conns {
 		_ = c.Close()
 	}
-}
-
-// Heal accepts connections again.
-func (p *proxy) Heal() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = false
-}
-
-func (p *proxy) close() {
-	_ = p.ln.Close()
-	p.Cut()
+	p.mu.Unlock()
 	p.wg.Wait()
 }

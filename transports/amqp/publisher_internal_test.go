@@ -55,7 +55,7 @@ func TestPubChannelConfirmQueue(t *testing.T) {
 	}
 	want := []string{"", "unroutable", "nacked", "", "", "closed", "closed", ""}
 	for i, w := range want {
-		err := b.errs[i]
+		err := b.state[i].err
 		switch {
 		case w == "" && err != nil:
 			t.Errorf("message %d: %v, want success", i, err)
@@ -82,16 +82,45 @@ func TestFillPublishingReusesHeaders(t *testing.T) {
 	a.Metadata = message.Metadata{"ce_type": "x.y", "ce_correlationid": "c-a", "content-type": "application/json", "ce_time": "2026-01-02T03:04:05.123456789Z", "meta_k": "v"}
 	b := message.NewMessage("id-b", []byte(`2`))
 	b.Metadata = message.Metadata{"ce_type": "x.y", "ce_time": "bad", "other": "o"}
-	fillPublishing(&pub, a)
-	fillPublishing(&pub, b)
+	mustFill(t, &pub, a)
+	mustFill(t, &pub, b)
 	if len(pub.Headers) != 3 || pub.Headers["ce_type"] != "x.y" || pub.Headers["ce_time"] != "bad" || pub.Headers["other"] != "o" {
 		t.Errorf("headers %v, want b's metadata", pub.Headers)
 	}
 	if pub.MessageId != "id-b" || pub.CorrelationId != "" || pub.ContentType != "" || string(pub.Body) != "2" || pub.DeliveryMode != amqp091.Persistent || pub.Timestamp.IsZero() {
 		t.Errorf("properties %+v, want b's", pub)
 	}
-	fillPublishing(&pub, a)
+	mustFill(t, &pub, a)
 	if len(pub.Headers) != 5 || pub.Headers["meta_k"] != "v" || pub.CorrelationId != "c-a" || pub.ContentType != "application/json" || pub.Timestamp.Unix() != 1767323045 {
 		t.Errorf("publishing %+v, want a's", pub)
+	}
+}
+
+func mustFill(t *testing.T, pub *amqp091.Publishing, m *message.Message) {
+	t.Helper()
+	if err := fillPublishing(pub, m, 131072, DefaultMaxMessageSize); err != nil {
+		t.Fatalf("fillPublishing(%s): %v", m.UUID, err)
+	}
+}
+
+// TestFailSparesMessageBeingWritten: when a channel dies, the messages
+// awaiting confirms fail, except the one being written, whose writer
+// decides: amqp091-go writes nothing on a closed channel, so the writer
+// sends it again on another channel rather than failing it.
+func TestFailSparesMessageBeingWritten(t *testing.T) {
+	pc := &pubChannel{}
+	b := newTestBatch(3)
+	pc.push(pending{tag: 1, b: b, i: 0, id: "m0"})
+	pc.push(pending{tag: 2, b: b, i: 1, id: "m1"})
+	pc.push(pending{tag: 3, b: b, i: 2, id: "m2", writing: true})
+	pc.fail(errors.New("channel closed"))
+	if b.state[0].err == nil || b.state[1].err == nil {
+		t.Errorf("written messages not failed: %v, %v", b.state[0].err, b.state[1].err)
+	}
+	if b.state[2].resolved {
+		t.Errorf("the message being written was failed: %v", b.state[2].err)
+	}
+	if len(pc.queue) != 1 || pc.queue[0].tag != 3 {
+		t.Errorf("queue after fail: %+v, want the message being written", pc.queue)
 	}
 }

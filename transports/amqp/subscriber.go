@@ -26,7 +26,7 @@ import (
 // cfg.Concurrency, so that many messages are in flight at once.
 func (t *Transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscriber, error) {
 	if t.isClosed() {
-		return nil, ErrClosed
+		return nil, errClosed
 	}
 	if cfg.Group == "" {
 		return nil, errors.New("amqp transport: subscriber without a group")
@@ -40,7 +40,8 @@ func (t *Transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscrib
 	if cfg.Concurrency > math.MaxUint16 {
 		cfg.Concurrency = math.MaxUint16
 	}
-	s := &subscriber{t: t, cfg: cfg, closing: make(chan struct{})}
+	s := &subscriber{t: t, cfg: cfg}
+	s.life, s.stop = context.WithCancel(t.msgCtx)
 	t.subsMu.Lock()
 	t.subs[s] = struct{}{}
 	t.subsMu.Unlock()
@@ -51,23 +52,30 @@ func (t *Transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscrib
 type subscriber struct {
 	t   *Transport
 	cfg driver.SubscriberConfig
+	// life ends when the subscriber or the transport closes; the
+	// subscription's consumers, and their re-establishment after a
+	// connection loss, last as long.
+	life context.Context
+	stop context.CancelFunc
 
-	mu      sync.Mutex
-	closed  bool
-	closing chan struct{}
-	loops   sync.WaitGroup // consume loops
+	mu     sync.Mutex
+	closed bool
+	loops  sync.WaitGroup // consume loops
 }
 
 // Subscribe binds the group's queue with pattern and starts consuming. It
-// returns once the queue exists and is bound, so events published after it
-// returns reach the subscription; during an outage it waits for the
-// connection until ctx ends. The channel closes when the subscriber or
-// the transport closes, or ctx ends.
+// returns once the queue exists and is bound and the consumer is
+// registered, so events published after it returns reach the
+// subscription. ctx bounds only this setup: during an outage Subscribe
+// waits for the connection until ctx ends, and it returns by ctx's
+// deadline also when the broker is frozen, leaving nothing behind. The
+// subscription then lasts, re-established after every connection loss,
+// until the subscriber or the transport closes, which closes the channel.
 func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *message.Message, error) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return nil, ErrClosed
+		return nil, errClosed
 	}
 	s.loops.Add(1)
 	s.mu.Unlock()
@@ -77,9 +85,7 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 		return nil, fmt.Errorf("amqp transport: subscribing %s to %q: %w", s.cfg.Group, pattern, err)
 	}
 	out := make(chan *message.Message)
-	// ctx bounded the setup only: the subscription lasts until the
-	// subscriber or the transport closes.
-	go s.run(context.Background(), pattern, c, out)
+	go s.run(pattern, c, out)
 	return out, nil
 }
 
@@ -90,100 +96,94 @@ type consumer struct {
 	deliveries <-chan amqp091.Delivery
 }
 
-// setupRetry sets up a consumer, retrying with backoff while the
-// connection is down or drops; other failures (a queue declared with other
-// arguments, a refused permission) are returned.
+// setupRetry sets up a consumer within ctx (and the subscriber's life),
+// retrying with backoff while the connection is down or drops; other
+// failures (a queue declared with other arguments, a refused permission,
+// no answer from a frozen broker before ctx ended) are returned.
 func (s *subscriber) setupRetry(ctx context.Context, pattern string) (*consumer, error) {
-	// Waiting for the connection ends with the subscriber or transport.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(s.t.msgCtx, cancel)
+	stop := context.AfterFunc(s.life, cancel)
 	defer stop()
-	go func() {
-		select {
-		case <-s.closing:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	delay := 50 * time.Millisecond
 	for {
-		select {
-		case <-s.closing:
-			return nil, ErrClosed
-		default:
+		if s.life.Err() != nil {
+			return nil, errClosed
 		}
 		conn, _, err := s.t.conn.get(ctx)
 		if err != nil {
-			select {
-			case <-s.closing:
-				return nil, ErrClosed
-			default:
-				return nil, err
+			if s.life.Err() != nil {
+				return nil, errClosed
 			}
+			return nil, err
 		}
-		c, err := s.setup(conn, pattern)
+		c, err := s.setup(ctx, conn, pattern)
 		if err == nil {
 			return c, nil
 		}
-		if !conn.IsClosed() {
+		if s.life.Err() != nil {
+			return nil, errClosed
+		}
+		if ctx.Err() != nil || !conn.IsClosed() {
 			return nil, err
 		}
 		s.t.conn.lost(conn)
 		select {
 		case <-ctx.Done():
 			return nil, err
-		case <-s.closing:
-			return nil, ErrClosed
 		case <-time.After(delay/2 + rand.N(delay/2+1)):
 		}
 		delay = min(2*delay, 2*time.Second)
 	}
 }
 
-func (s *subscriber) setup(conn *amqp091.Connection, pattern string) (*consumer, error) {
-	ch, err := conn.Channel()
+func (s *subscriber) setup(ctx context.Context, conn *amqp091.Connection, pattern string) (*consumer, error) {
+	ch, err := s.t.channelOn(ctx, conn)
 	if err != nil {
 		return nil, err
-	}
-	fail := func(err error) (*consumer, error) {
-		_ = ch.Close()
-		return nil, err
-	}
-	if err := ch.Qos(s.cfg.Concurrency, 0, false); err != nil {
-		return fail(err)
-	}
-	// Declare everything again on every (re)subscription: a consumer the
-	// broker cancelled because its queue was deleted comes back with its
-	// queue, binding and exchange.
-	if err := s.t.declareExchange(ch); err != nil {
-		return fail(err)
-	}
-	if err := s.t.declareQueue(ch, s.cfg.Group); err != nil {
-		return fail(err)
-	}
-	if err := ch.QueueBind(s.cfg.Group, pattern, s.t.opts.exchange, false, nil); err != nil {
-		return fail(fmt.Errorf("binding queue %q to exchange %q with %q: %w", s.cfg.Group, s.t.opts.exchange, pattern, err))
 	}
 	tag := "eventbus-" + watermill.NewShortUUID()
-	d, err := ch.Consume(s.cfg.Group, tag, false, false, false, false, nil)
+	var d <-chan amqp091.Delivery
+	err = s.t.within(ctx, ch, fmt.Sprintf("setting up the consumer of queue %q", s.cfg.Group), func() error {
+		if err := ch.Qos(s.cfg.Concurrency, 0, false); err != nil {
+			return err
+		}
+		// Declare everything again on every (re)subscription: a consumer
+		// the broker cancelled because its queue was deleted comes back
+		// with its queue, binding and exchange.
+		if err := s.t.declareExchange(ch); err != nil {
+			return err
+		}
+		if err := s.t.declareQueue(ch, s.cfg.Group); err != nil {
+			return err
+		}
+		if err := ch.QueueBind(s.cfg.Group, pattern, s.t.opts.exchange, false, nil); err != nil {
+			return fmt.Errorf("binding queue %q to exchange %q with %q: %w", s.cfg.Group, s.t.opts.exchange, pattern, err)
+		}
+		var err error
+		if d, err = ch.Consume(s.cfg.Group, tag, false, false, false, false, nil); err != nil {
+			return fmt.Errorf("consuming queue %q: %w", s.cfg.Group, err)
+		}
+		return nil
+	})
 	if err != nil {
-		return fail(fmt.Errorf("consuming queue %q: %w", s.cfg.Group, err))
+		s.t.closeChannel(ctx, ch)
+		return nil, err
 	}
 	return &consumer{ch: ch, tag: tag, deliveries: d}, nil
 }
 
 // run forwards deliveries to out and re-establishes the consumer when its
-// channel or connection drops, until the subscriber closes or ctx ends.
-func (s *subscriber) run(ctx context.Context, pattern string, c *consumer, out chan<- *message.Message) {
+// channel or connection drops, until the subscriber or the transport
+// closes.
+func (s *subscriber) run(pattern string, c *consumer, out chan<- *message.Message) {
 	defer s.loops.Done()
 	// inflight counts delivered messages not yet acked or nacked.
 	var inflight sync.WaitGroup
 	delay := 50 * time.Millisecond
 	for {
 		since := time.Now()
-		stopped := s.forward(ctx, c, out, &inflight)
-		if stopped {
+		if s.forward(c, out, &inflight) {
 			// Settle the messages in flight before closing out: the
 			// router stops waiting once out is closed and its handlers
 			// returned, and the transport may close right after.
@@ -193,27 +193,22 @@ func (s *subscriber) run(ctx context.Context, pattern string, c *consumer, out c
 		}
 		// The channel or connection dropped: messages in flight on it
 		// are requeued by the broker and their acks fail harmlessly.
-		_ = c.ch.Close()
+		s.t.closeChannel(s.life, c.ch)
 		s.t.log.Warn("amqp transport: consumer stopped; resubscribing", "group", s.cfg.Group)
 		// A consumer that keeps being cancelled at once (a broker
 		// policy, a deleted queue) must not turn into a hot loop.
 		if time.Since(since) > 5*time.Second {
 			delay = 50 * time.Millisecond
 		}
-		select {
-		case <-time.After(delay/2 + rand.N(delay/2+1)):
-		case <-s.closing:
-		case <-ctx.Done():
-		case <-s.t.msgCtx.Done():
-		}
+		s.pause(delay)
 		delay = min(2*delay, 5*time.Second)
 		for {
-			next, err := s.setupRetry(ctx, pattern)
+			next, err := s.setupRetry(s.life, pattern)
 			if err == nil {
 				c = next
 				break
 			}
-			if s.stopping(ctx) {
+			if s.life.Err() != nil {
 				close(out)
 				inflight.Wait()
 				return
@@ -221,63 +216,43 @@ func (s *subscriber) run(ctx context.Context, pattern string, c *consumer, out c
 			// Keep trying: a subscription must not stop for good
 			// because of one failed redeclaration.
 			s.t.log.Error("amqp transport: cannot resubscribe; retrying", "group", s.cfg.Group, "error", err)
-			select {
-			case <-time.After(delay/2 + rand.N(delay/2+1)):
-			case <-s.closing:
-			case <-ctx.Done():
-			case <-s.t.msgCtx.Done():
-			}
+			s.pause(delay)
 			delay = min(2*delay, 5*time.Second)
 		}
 	}
 }
 
-// stopping reports whether the subscriber, its ctx or the transport ended.
-func (s *subscriber) stopping(ctx context.Context) bool {
+// pause waits about d, or until the subscriber's life ends.
+func (s *subscriber) pause(d time.Duration) {
+	t := time.NewTimer(d/2 + rand.N(d/2+1))
+	defer t.Stop()
 	select {
-	case <-s.closing:
-		return true
-	default:
-		return ctx.Err() != nil || s.t.msgCtx.Err() != nil
+	case <-t.C:
+	case <-s.life.Done():
 	}
 }
 
 // forward hands deliveries to out. It returns true when the subscriber
-// should stop (closed, ctx ended, transport closed) and false when the
-// deliveries ended because the channel died.
-func (s *subscriber) forward(ctx context.Context, c *consumer, out chan<- *message.Message, inflight *sync.WaitGroup) bool {
+// should stop (it or the transport closed) and false when the deliveries
+// ended because the channel died.
+func (s *subscriber) forward(c *consumer, out chan<- *message.Message, inflight *sync.WaitGroup) bool {
 	for {
 		var d amqp091.Delivery
 		var ok bool
 		select {
 		case d, ok = <-c.deliveries:
 			if !ok {
-				select {
-				case <-s.closing:
-					return true
-				case <-s.t.msgCtx.Done():
-					return true
-				default:
-					return ctx.Err() != nil
-				}
+				return s.life.Err() != nil
 			}
-		case <-s.closing:
-			return true
-		case <-ctx.Done():
-			return true
-		case <-s.t.msgCtx.Done():
+		case <-s.life.Done():
 			return true
 		}
 		msg := toMessage(&d)
 		msg.SetContext(s.t.msgCtx)
 		select {
 		case out <- msg:
-		case <-s.closing:
+		case <-s.life.Done():
 			return true // not handed over: the channel close requeues it
-		case <-ctx.Done():
-			return true
-		case <-s.t.msgCtx.Done():
-			return true
 		}
 		inflight.Add(1)
 		go s.settle(msg, d, inflight)
@@ -310,16 +285,37 @@ func (s *subscriber) settle(msg *message.Message, d amqp091.Delivery, inflight *
 
 // finish stops the consumer, waits for the messages in flight to be
 // settled (or the transport to close), then closes the channel, which
-// requeues anything still unacknowledged.
+// requeues anything still unacknowledged. It waits at most closeTimeout
+// for the broker, so that a frozen broker does not hold it: when the
+// cancel is not confirmed in time, the channel's close is not waited for
+// either (it completes in the background, or with the connection).
 func (s *subscriber) finish(c *consumer, inflight *sync.WaitGroup) {
-	_ = c.ch.Cancel(c.tag, false)
+	cancelled := make(chan struct{})
+	go func() {
+		defer close(cancelled)
+		_ = c.ch.Cancel(c.tag, false)
+	}()
+	timer := time.NewTimer(closeTimeout)
+	answered := true
+	select {
+	case <-cancelled:
+	case <-timer.C:
+		answered = false
+		s.t.log.Warn("amqp transport: the broker did not confirm the cancel of a consumer; closing its channel without waiting", "group", s.cfg.Group, "waited", closeTimeout)
+	}
+	timer.Stop()
 	inflight.Wait()
-	_ = c.ch.Close()
+	if answered {
+		s.t.closeChannel(context.Background(), c.ch)
+	} else {
+		go s.t.closeChannel(context.Background(), c.ch)
+	}
 }
 
 // Close stops consuming. Messages already handed out stay valid (their
 // contexts are not cancelled) and Close waits until they are acked or
-// nacked, or the transport closes.
+// nacked, or the transport closes. Against a frozen broker it returns
+// within about 2 s plus that wait; see closeTimeout.
 func (s *subscriber) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -328,7 +324,7 @@ func (s *subscriber) Close() error {
 		return nil
 	}
 	s.closed = true
-	close(s.closing)
+	s.stop()
 	s.mu.Unlock()
 	s.loops.Wait()
 	s.t.subsMu.Lock()

@@ -55,9 +55,9 @@ func TestOpenRetriesUntilDeadline(t *testing.T) {
 
 // TestOpenWaitsForBroker: a broker that appears while Open retries is used.
 func TestOpenWaitsForBroker(t *testing.T) {
-	px := startProxy(t, brokerURL(t).Host, nil)
+	px := startFaultProxy(t)
 	px.Cut()
-	url := isolatedURLVia(t, px.addr())
+	url := isolatedURLVia(t, px.Addr())
 	type result struct {
 		tr  driver.Transport
 		err error
@@ -69,7 +69,7 @@ func TestOpenWaitsForBroker(t *testing.T) {
 		tr, err := openURL(ctx, url, nil)
 		res <- result{tr, err}
 	}()
-	waitFor(t, 10*time.Second, "a refused attempt", func() bool { return px.refused.Load() >= 2 }, func() string { return "no attempt" })
+	waitFor(t, 10*time.Second, "a refused attempt", func() bool { return px.Refused() >= 2 }, func() string { return "no attempt" })
 	px.Heal()
 	r := <-res
 	if r.err != nil {
@@ -100,8 +100,55 @@ func TestOpenRefusedCredentialsFailFast(t *testing.T) {
 	}
 }
 
+// TestOpenRejectsURLsItCannotRead: URLs that amqp091-go would read as
+// something else (it falls back to localhost:5672 and guest/guest for what
+// it does not find) fail at once, without a connection attempt, with the
+// URL shown redacted and the way to write it. An opaque URL such as
+// "amqp:guest:secret@host:5679" used to connect to the local broker with
+// the default credentials.
+func TestOpenRejectsURLsItCannotRead(t *testing.T) {
+	cases := []struct {
+		name string
+		u    *url.URL
+		want string
+	}{
+		{"opaque", &url.URL{Scheme: "amqp", Opaque: "guest:s3cret@" + brokerURL(t).Host}, `there is no "//" after the scheme`},
+		{"no host", &url.URL{Scheme: "amqp", User: url.UserPassword("guest", "s3cret"), Host: ":5672", Path: "/"}, "it names no host"},
+		{"empty", &url.URL{Scheme: "amqp", Path: "/vhost"}, "it names no host"},
+		{"port not a number", &url.URL{Scheme: "amqp", User: url.UserPassword("guest", "s3cret"), Host: "127.0.0.1:amqp"}, `the port "amqp" is not a number`},
+		{"port out of range", &url.URL{Scheme: "amqp", User: url.UserPassword("guest", "s3cret"), Host: "127.0.0.1:70000"}, `the port "70000" is not a number from 1 to 65535`},
+		{"port zero", &url.URL{Scheme: "amqps", User: url.UserPassword("guest", "s3cret"), Host: "127.0.0.1:0"}, `the port "0"`},
+		{"fragment", &url.URL{Scheme: "amqp", User: url.UserPassword("guest", "s3cret"), Host: brokerURL(t).Host, Path: "/", Fragment: "x"}, "it has a fragment"},
+		{"other scheme", &url.URL{Scheme: "http", User: url.UserPassword("guest", "s3cret"), Host: brokerURL(t).Host}, `the scheme "http" is neither amqp nor amqps`},
+		{"bad amqp091 parameter", &url.URL{Scheme: "amqp", User: url.UserPassword("guest", "s3cret"), Host: brokerURL(t).Host, RawQuery: "heartbeat=soon"}, "heartbeat is not an uint16"},
+	}
+	for _, c := range cases {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		start := time.Now()
+		tr, err := Open(ctx, driver.Config{URL: c.u, ServiceName: unique("url-")})
+		cancel()
+		if err == nil {
+			_ = tr.Close()
+			t.Errorf("%s: Open(%s) succeeded", c.name, driver.RedactURL(c.u.String()))
+			continue
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, c.want) || !strings.Contains(msg, "write it as amqp://user:password@host:port/vhost") || strings.Contains(msg, "s3cret") || !strings.Contains(msg, driver.RedactURL(c.u.String())) {
+			t.Errorf("%s: %v; want the redacted URL, %q and how to write it", c.name, err, c.want)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("%s: rejected after %v; want at once", c.name, d)
+		}
+	}
+	// Through the bus's entry point too.
+	_, err := openURL(context.Background(), "amqp:guest:s3cret@"+brokerURL(t).Host, nil)
+	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "amqp://user:password@host") {
+		t.Errorf("OpenTransport of an opaque URL: %v; want a redacted error saying how to write it", err)
+	}
+}
+
 func TestURLParameters(t *testing.T) {
-	for _, q := range []string{"exchange=", "queue_type=lazy", "publish_channels=0", "bogus=1"} {
+	for _, q := range []string{"exchange=", "queue_type=lazy", "publish_channels=0", "bogus=1", "max_message_size=0", "max_message_size=1GB"} {
 		_, err := openURL(context.Background(), "amqp://guest:pw@127.0.0.1:1/?"+q, nil)
 		if err == nil || strings.Contains(err.Error(), ":pw@") {
 			t.Errorf("?%s: got %v, want a redacted error", q, err)
@@ -113,8 +160,8 @@ func TestURLParameters(t *testing.T) {
 // waits within its ctx, fails when the ctx ends, and succeeds once the
 // connection is back.
 func TestPublishWaitsDuringOutage(t *testing.T) {
-	px := startProxy(t, brokerURL(t).Host, nil)
-	url := isolatedURLVia(t, px.addr())
+	px := startFaultProxy(t)
+	url := isolatedURLVia(t, px.Addr())
 	sub := newBus(t, url, unique("outage-sub-"))
 	handled := newCounter()
 	if err := sub.Subscribe("outage.#", handled.handle); err != nil {
@@ -148,7 +195,7 @@ func TestPublishWaitsDuringOutage(t *testing.T) {
 		defer cancel()
 		errc <- pub.Publish(ctx, ev2)
 	}()
-	waitFor(t, 10*time.Second, "a reconnection attempt", func() bool { return px.refused.Load() >= 1 }, func() string { return "none" })
+	waitFor(t, 10*time.Second, "a reconnection attempt", func() bool { return px.Refused() >= 1 }, func() string { return "none" })
 	px.Heal()
 	if err := <-errc; err != nil {
 		t.Fatalf("Publish across the outage: %v", err)
@@ -161,7 +208,7 @@ func TestPublishWaitsDuringOutage(t *testing.T) {
 // system roots it fails at once with a certificate error.
 func TestTLS(t *testing.T) {
 	cert, pool := selfSigned(t)
-	px := startProxy(t, brokerURL(t).Host, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	px := startTLSProxy(t, brokerURL(t).Host, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	u, err := url.Parse(isolatedURLVia(t, px.addr()))
 	if err != nil {
 		t.Fatal(err)
@@ -440,4 +487,40 @@ func TestDeletedQueueIsRedeclared(t *testing.T) {
 		return false
 	}, func() string { return fmt.Sprint(lastErr) })
 	waitFor(t, 20*time.Second, "the event handled", func() bool { return handled.has(id) }, func() string { return "not handled" })
+}
+
+// TestClosedTransportErrors: after Close, every operation fails with an
+// error that matches eventbus.ErrClosed, so that the bus reports the same
+// error whatever the transport.
+func TestClosedTransportErrors(t *testing.T) {
+	ctx := context.Background()
+	svc := unique("closed-")
+	tr, err := driver.Open(ctx, isolatedURL(t), driver.Config{ServiceName: svc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: svc + ".s", Service: svc, Subscription: "s", Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pq, _ := tr.PoisonQueue()
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, subErr := sub.Subscribe(ctx, "closed.#")
+	_, newSubErr := tr.NewSubscriber(driver.SubscriberConfig{Group: svc + ".t", Service: svc, Subscription: "t", Concurrency: 1})
+	scanErr := pq.Scan(ctx, 10, func([]*message.Message) ([]int, error) { return nil, nil })
+	for what, err := range map[string]error{
+		"Publish":       tr.Publisher().Publish("closed.x", message.NewMessage("a", []byte(`{}`))),
+		"Redeliver":     tr.Redeliver(ctx, svc+".s", message.NewMessage("b", []byte(`{}`))),
+		"Subscribe":     subErr,
+		"NewSubscriber": newSubErr,
+		"poison Add":    pq.Add(ctx, message.NewMessage("c", []byte(`{}`))),
+		"poison Scan":   scanErr,
+		"poison Purge":  pq.Purge(ctx),
+	} {
+		if !errors.Is(err, eventbus.ErrClosed) {
+			t.Errorf("%s after Close: %v; want an error matching eventbus.ErrClosed", what, err)
+		}
+	}
 }

@@ -237,8 +237,8 @@ func TestCallsBoundedWhileBrokerDown(t *testing.T) {
 			select {
 			case err := <-waiting:
 				t.Logf("the Publish waiting during Close: %v", err)
-				if !errors.Is(err, ErrClosed) {
-					t.Errorf("the Publish waiting during Close returned %v, want ErrClosed", err)
+				if !errors.Is(err, errClosed) {
+					t.Errorf("the Publish waiting during Close returned %v, want errClosed", err)
 				}
 			case <-time.After(boundMargin):
 				t.Error("a Publish without a deadline still waits after Close returned")

@@ -195,7 +195,7 @@
 // that left is closed then. Transport.Close returns within CloseTimeout
 // (5s): it waits that long at most for the producers to flush, the
 // consumers to commit and leave their groups and the connections to
-// close; Publish calls still waiting then fail with ErrClosed (their
+// close; Publish calls still waiting then fail with eventbus.ErrClosed (their
 // records may still be written), and the rest stops in the background.
 // After a cut or freeze ends, the same transport publishes and consumes
 // again.

@@ -350,7 +350,7 @@ func (p *Publisher) hand(pr *producer, todo []*pending, fail func(*message.Messa
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil, ErrClosed
+		return nil, errClosed
 	}
 	p.sending.Add(1)
 	p.mu.Unlock()
@@ -372,7 +372,7 @@ func (p *Publisher) hand(pr *producer, todo []*pending, fail func(*message.Messa
 			fail(q.m, giveUp(ctx, q, "before the producer took it (it was not written)"))
 		case <-p.closing:
 			pr.inflight.Add(-1)
-			fail(q.m, ErrClosed)
+			fail(q.m, errClosed)
 		}
 	}
 	return sent, nil
@@ -389,7 +389,7 @@ func (p *Publisher) await(q *pending, topic string) error {
 		case err == nil:
 			return nil
 		case errors.Is(err, sarama.ErrShuttingDown) || errors.Is(err, sarama.ErrClosedClient):
-			return fmt.Errorf("%w (the record was not acknowledged: %w)", ErrClosed, err)
+			return fmt.Errorf("%w (the record was not acknowledged: %w)", errClosed, err)
 		case errors.Is(err, sarama.ErrMessageSizeTooLarge) || errors.Is(err, sarama.ErrMessageSetSizeTooLarge):
 			return fmt.Errorf("kafka transport: the broker refused the record for %s as too large (its max.message.bytes is below what the transport allows, %d bytes; raise it or lower max_message_bytes): %w: %w",
 				topic, p.t.maxBytes(topic), driver.ErrTooLarge, err)
@@ -406,7 +406,7 @@ func (p *Publisher) await(q *pending, topic string) error {
 	case <-ctx.Done():
 		return giveUp(ctx, q, "while waiting for the acknowledgement (the record may still be written)")
 	case <-p.gone:
-		return fmt.Errorf("%w before the broker acknowledged the record (it may still be written)", ErrClosed)
+		return fmt.Errorf("%w before the broker acknowledged the record (it may still be written)", errClosed)
 	}
 }
 
@@ -484,7 +484,7 @@ func (e *tooLargeError) Unwrap() error { return driver.ErrTooLarge }
 func (p *Publisher) Close() error { return p.close(time.Now().Add(CloseTimeout)) }
 
 // close stops the producers, waiting until deadline at most for them to
-// flush. After that, Publish calls still waiting fail with ErrClosed and
+// flush. After that, Publish calls still waiting fail with eventbus.ErrClosed and
 // the producers are stopped in the background.
 func (p *Publisher) close(deadline time.Time) error {
 	p.mu.Lock()

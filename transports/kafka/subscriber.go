@@ -36,7 +36,7 @@ func (t *Transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscrib
 	t.closeMu.Lock()
 	defer t.closeMu.Unlock()
 	if t.closed {
-		return nil, ErrClosed
+		return nil, errClosed
 	}
 	t.subs[s] = struct{}{}
 	return s, nil
@@ -95,7 +95,7 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 	if s.closed {
 		s.mu.Unlock()
 		cancel()
-		return nil, ErrClosed
+		return nil, errClosed
 	}
 	s.loops.Add(1)
 	s.mu.Unlock()
@@ -117,7 +117,7 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 	if !started {
 		detach()
 		cancel()
-		return nil, ErrClosed
+		return nil, errClosed
 	}
 	d := s.t.opts.joinTimeout
 	if d == 0 {
@@ -133,7 +133,7 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 		return c.out, nil
 	case <-runCtx.Done():
 		detach()
-		return nil, ErrClosed
+		return nil, errClosed
 	case <-ctx.Done():
 		cancel()
 		detach()

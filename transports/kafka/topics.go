@@ -157,7 +157,7 @@ func (t *Transport) ensureTopicSpec(ctx context.Context, topic string, spec topi
 	for {
 		op := t.topicOp(topic, spec)
 		if op == nil {
-			return ErrClosed
+			return errClosed
 		}
 		select {
 		case <-op.done:
@@ -170,7 +170,7 @@ func (t *Transport) ensureTopicSpec(ctx context.Context, topic string, spec topi
 		if op.err == nil {
 			return nil
 		}
-		if !transient(op.err) || errors.Is(op.err, ErrClosed) {
+		if !transient(op.err) || errors.Is(op.err, errClosed) {
 			return op.err
 		}
 		last = op.err
@@ -203,7 +203,7 @@ func (t *Transport) topicOp(topic string, spec topicSpec) *topicOp {
 		err := t.createTopic(ctx, topic, spec)
 		cancel()
 		if err != nil && t.life.Err() != nil {
-			err = ErrClosed
+			err = errClosed
 		}
 		t.topicsMu.Lock()
 		delete(t.creating, topic)

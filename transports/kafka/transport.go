@@ -18,8 +18,9 @@ import (
 	"github.com/paissive/go-eventbus/internal/blocking"
 )
 
-// ErrClosed is returned by operations on a closed transport.
-var ErrClosed = errors.New("kafka transport: closed")
+// errClosed is returned by operations on a closed transport; it wraps the
+// one ErrClosed of every transport (driver.ErrClosed).
+var errClosed = fmt.Errorf("kafka transport: %w", driver.ErrClosed)
 
 func init() {
 	driver.Register("kafka", driver.OpenFunc(Open))
@@ -64,7 +65,7 @@ var _ driver.Transport = (*Transport)(nil)
 // connections to close, then returns and lets the rest finish in the
 // background (within Sarama's network timeouts, Net.ReadTimeout 30s at
 // most). Publish calls still waiting for acknowledgements then fail with
-// ErrClosed; their records may still be written.
+// eventbus.ErrClosed; their records may still be written.
 const CloseTimeout = 5 * time.Second
 
 // Open connects to the cluster cfg.URL names (kafka://host:port[,...]). It
