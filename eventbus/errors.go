@@ -3,7 +3,6 @@ package eventbus
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/names"
@@ -88,17 +87,10 @@ type FailedEvent struct {
 
 // Error lists up to five failed events with their causes.
 func (e *PublishError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "eventbus: %d event(s) not published:", len(e.Failed))
-	const show = 5
-	for i, f := range e.Failed {
-		if i == show {
-			fmt.Fprintf(&b, " ... and %d more", len(e.Failed)-show)
-			break
-		}
-		fmt.Fprintf(&b, " %s (%s): %v;", f.Name, f.ID, f.Err)
-	}
-	return strings.TrimSuffix(b.String(), ";")
+	return "eventbus: " + wire.ListFailures(len(e.Failed), "event(s)", func(i int) string {
+		f := e.Failed[i]
+		return fmt.Sprintf("%s (%s): %v", f.Name, f.ID, f.Err)
+	})
 }
 
 // Unwrap returns the distinct causes, so errors.Is(err, context.Canceled)

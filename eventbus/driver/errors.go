@@ -3,7 +3,6 @@ package driver
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/paissive/go-eventbus/internal/wire"
 )
@@ -50,17 +49,9 @@ type Failure struct {
 
 // Error lists up to five failed messages with their causes.
 func (e *PublishError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d message(s) not published:", len(e.Failed))
-	const show = 5
-	for i, f := range e.Failed {
-		if i == show {
-			fmt.Fprintf(&b, " ... and %d more", len(e.Failed)-show)
-			break
-		}
-		fmt.Fprintf(&b, " %s: %v;", f.UUID, f.Err)
-	}
-	return strings.TrimSuffix(b.String(), ";")
+	return wire.ListFailures(len(e.Failed), "message(s)", func(i int) string {
+		return fmt.Sprintf("%s: %v", e.Failed[i].UUID, e.Failed[i].Err)
+	})
 }
 
 // Unwrap returns the distinct causes, so errors.Is(err, ErrUnroutable)

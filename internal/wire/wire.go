@@ -5,7 +5,9 @@ package wire
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
+	"strings"
 )
 
 // CloudEvents 1.0 binary-mode attribute headers (the Kafka binding's names).
@@ -94,4 +96,25 @@ func Distinct(errs []error) []error {
 		}
 	}
 	return out
+}
+
+// ListFailures writes "<n> <what> not published:" and the first five
+// failures, as item(i) renders them, for the publish errors of the
+// eventbus and driver packages.
+func ListFailures(n int, what string, item func(i int) string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d %s not published:", n, what)
+	const show = 5
+	for i := range n {
+		if i == show {
+			fmt.Fprintf(&b, " ... and %d more", n-show)
+			break
+		}
+		if i > 0 {
+			b.WriteByte(';')
+		}
+		b.WriteByte(' ')
+		b.WriteString(item(i))
+	}
+	return b.String()
 }
