@@ -3,6 +3,7 @@ package blocking
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -50,25 +51,54 @@ func TestCallAbandonsAtDeadline(t *testing.T) {
 }
 
 // TestCallNeverCleansUpWhatItReturned races the deadline with the result:
-// a value is either returned or cleaned up, never both, never neither.
+// every value f produces is either returned or cleaned up, never both,
+// never neither.
 func TestCallNeverCleansUpWhatItReturned(t *testing.T) {
-	for i := range 2000 {
-		var cleaned, ran atomic.Int32
+	const rounds = 2000
+	var ran atomic.Int32
+	var mu sync.Mutex
+	returned, cleaned := map[int]int{}, map[int]int{}
+	for i := range rounds {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { cancel(); close(done) }()
-		v, err := Call(ctx, func() (int, error) { ran.Add(1); return i + 1, nil }, func(int) { cleaned.Add(1) })
+		v, err := Call(ctx, func() (int, error) { ran.Add(1); return i, nil }, func(v int) {
+			mu.Lock()
+			cleaned[v]++
+			mu.Unlock()
+		})
 		<-done
-		// Wait for the goroutine of an abandoned call to finish.
-		deadline := time.Now().Add(5 * time.Second)
-		for err != nil && cleaned.Load() != ran.Load() && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
+		if err == nil {
+			mu.Lock()
+			returned[v]++
+			mu.Unlock()
 		}
-		switch {
-		case err == nil && (v != i+1 || cleaned.Load() != 0):
-			t.Fatalf("round %d: returned %d and cleaned up %d times", i, v, cleaned.Load())
-		case err != nil && cleaned.Load() != ran.Load():
-			t.Fatalf("round %d: abandoned after running %d times but cleaned up %d times", i, ran.Load(), cleaned.Load())
+	}
+	// Abandoned calls finish in their goroutines: wait until every value
+	// f produced is accounted for.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(returned) + len(cleaned)
+		mu.Unlock()
+		if n == int(ran.Load()) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n := len(returned) + len(cleaned); n != int(ran.Load()) {
+		t.Fatalf("f produced %d values; %d were returned and %d cleaned up", ran.Load(), len(returned), len(cleaned))
+	}
+	for v, c := range cleaned {
+		if c != 1 || returned[v] != 0 {
+			t.Errorf("value %d: returned %d times and cleaned up %d times", v, returned[v], c)
+		}
+	}
+	for v, c := range returned {
+		if c != 1 {
+			t.Errorf("value %d returned %d times", v, c)
 		}
 	}
 }
