@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/logkeys"
 	"github.com/paissive/go-eventbus/internal/wire"
 	"github.com/paissive/go-eventbus/middleware"
 )
@@ -89,7 +90,7 @@ func New(ctx context.Context, cfg Config) (*Bus, error) {
 	}
 	// Watermill logs its lifecycle at info level; the bus is quiet on the
 	// happy path, so those lines become debug lines.
-	slogger := cfg.Logger.With("service", cfg.ServiceName)
+	slogger := cfg.Logger.With(logkeys.Service, cfg.ServiceName)
 	wlog := levelGate{watermill.NewSlogLoggerWithLevelMapping(slogger, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}), slogger, b.isClosing}
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 365 * 24 * time.Hour}, wlog)
 	if err != nil {
@@ -657,7 +658,7 @@ func (b *Bus) shutdown(ctx context.Context, started bool) error {
 		go func() {
 			defer close(routerClosed)
 			if err := b.router.Close(); err != nil {
-				b.log.Error("eventbus: closing router", "error", err)
+				b.log.Error("eventbus: closing router", logkeys.Error, err)
 			}
 		}()
 		// The bus closes the subscribers itself rather than leave it to
@@ -714,7 +715,7 @@ func (b *Bus) closeSubscribers(ctx context.Context) error {
 		defer close(done)
 		for _, sub := range subs {
 			if err := sub.Close(); err != nil {
-				b.log.Warn("eventbus: closing subscriber", "error", err)
+				b.log.Warn("eventbus: closing subscriber", logkeys.Error, err)
 			}
 		}
 	}()
