@@ -72,6 +72,8 @@ var tests = []struct {
 	{"CallsBoundedWhileDown", testCallsBoundedWhileDown},
 	{"PublishRidesOutAShortOutage", testPublishRidesOutAShortOutage},
 	{"CorrelationAcrossHops", testCorrelation},
+	{"TraceAcrossHops", testTraceAcrossHops},
+	{"TraceRetryAndPoison", testTraceRetryAndPoison},
 	{"IdempotencySkipsDuplicates", testIdempotency},
 	{"RetryDelaysFollowBackoff", testRetryDelays},
 }
