@@ -595,7 +595,7 @@ func firstLine(s string) string {
 		s = s[:i]
 	}
 	if len(s) > 200 {
-		s = s[:200] + "..." + strconv.Itoa(len(s)-200) + " more bytes"
+		s = strings.ToValidUTF8(s[:200], "") + "... (" + strconv.Itoa(len(s)-200) + " more bytes)"
 	}
 	return s
 }
