@@ -248,7 +248,7 @@ func assertValidationError(t *testing.T, label string, err error) {
 		t.Errorf("%s: no error", label)
 		return
 	}
-	if !errors.Is(err, eventbus.ErrPermanent) || !errors.Is(err, eventbus.ErrPermanent) {
+	if !errors.Is(err, eventbus.ErrPermanent) {
 		t.Errorf("%s: error %v is not permanent", label, err)
 	}
 	if !middleware.IsPermanent(err) {
