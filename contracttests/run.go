@@ -72,6 +72,8 @@ var tests = []struct {
 	{"CallsBoundedWhileDown", testCallsBoundedWhileDown},
 	{"PublishRidesOutAShortOutage", testPublishRidesOutAShortOutage},
 	{"CorrelationAcrossHops", testCorrelation},
+	{"TraceAcrossHops", testTraceAcrossHops},
+	{"TraceRetryAndPoison", testTraceRetryAndPoison},
 	{"IdempotencySkipsDuplicates", testIdempotency},
 	{"RetryDelaysFollowBackoff", testRetryDelays},
 }
@@ -222,7 +224,7 @@ func (e *env) transport(service string) driver.Transport {
 func subscriberConfig(service, sub, pattern string, concurrency int) driver.SubscriberConfig {
 	return driver.SubscriberConfig{
 		Group: service + "." + sub, Service: service, Subscription: sub,
-		Pattern: pattern, Match: eventbus.MustCompilePattern(pattern).Match, Concurrency: concurrency,
+		Pattern: pattern, Match: matcher(pattern), Concurrency: concurrency,
 	}
 }
 
@@ -373,4 +375,14 @@ func (e *env) waitPoisoned(b *eventbus.Bus, id string) eventbus.PoisonedEvent {
 		return false
 	}, func() string { return fmt.Sprintf("poison queue holds %d event(s)", len(last)) })
 	return found
+}
+
+// matcher returns the Match function of a pattern of the program's own,
+// as the bus gives it to a transport.
+func matcher(pattern string) func(name string) bool {
+	p, err := eventbus.CompilePattern(pattern)
+	if err != nil {
+		panic(err)
+	}
+	return p.Match
 }

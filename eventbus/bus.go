@@ -14,8 +14,10 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/logkeys"
 	"github.com/paissive/go-eventbus/internal/wire"
 	"github.com/paissive/go-eventbus/middleware"
 )
@@ -31,6 +33,8 @@ type Bus struct {
 	pub       message.Publisher
 	router    *message.Router
 	idem      middleware.IdempotencyStore
+	desc      driver.Description
+	tel       *telemetry // nil when Config.DisableTelemetry
 
 	// runCtx lives as long as the bus; the router's subscriptions hang off it.
 	runCtx    context.Context
@@ -63,6 +67,13 @@ type subscription struct {
 	policy      Policy
 	subscriber  message.Subscriber
 	middleware  []Middleware
+	tel         *subTelemetry    // nil when the bus's telemetry is off
+	running     *message.Handler // the router's handler once consuming; guarded by Bus.mu
+
+	// For Bus.Health: deliveries being handled, and when the last one
+	// began (Unix nanoseconds).
+	inFlight     atomic.Int64
+	lastDelivery atomic.Int64
 }
 
 // New connects to the transport cfg.URL names and returns a bus. ctx bounds
@@ -79,12 +90,19 @@ func New(ctx context.Context, cfg Config) (*Bus, error) {
 	}
 	// Watermill logs its lifecycle at info level; the bus is quiet on the
 	// happy path, so those lines become debug lines.
-	slogger := cfg.Logger.With("service", cfg.ServiceName)
+	slogger := cfg.Logger.With(logkeys.Service, cfg.ServiceName)
 	wlog := levelGate{watermill.NewSlogLoggerWithLevelMapping(slogger, map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}), slogger, b.isClosing}
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 365 * 24 * time.Hour}, wlog)
 	if err != nil {
 		_ = t.Close()
 		return nil, err
+	}
+	b.desc = describe(t, cfg.URL)
+	if !cfg.DisableTelemetry {
+		if b.tel, err = newTelemetry(cfg, b.desc, t); err != nil {
+			_ = t.Close()
+			return nil, err
+		}
 	}
 	b.transport, b.pub, b.router = t, t.Publisher(), router
 	b.runCtx, b.runCancel = context.WithCancel(context.Background())
@@ -127,6 +145,9 @@ func (b *Bus) Subscribe(pattern string, handler Handler, opts ...SubscribeOption
 		}
 	}
 	s.group = b.cfg.ServiceName + "." + s.name
+	if b.tel != nil {
+		s.tel = b.tel.forSubscription(s)
+	}
 	// The bus's middleware outermost, then the subscription's, in the
 	// order given.
 	mw := append(slices.Clone(b.cfg.Middleware), s.middleware...)
@@ -231,6 +252,7 @@ func (b *Bus) newSubscriber(s *subscription) error {
 func (b *Bus) addHandler(s *subscription, ch <-chan *message.Message) *message.Handler {
 	h := b.router.AddConsumerHandler(s.group, s.pattern.String(), subscribed{s.subscriber, ch}, b.consume(s))
 	h.AddMiddleware(b.pipeline(s)...)
+	s.running = h
 	return h
 }
 
@@ -248,11 +270,15 @@ func (s subscribed) Subscribe(context.Context, string) (<-chan *message.Message,
 // middleware package documentation for why it is this order.
 func (b *Bus) pipeline(s *subscription) []message.HandlerMiddleware {
 	pol := s.policy
-	mw := []message.HandlerMiddleware{growStack, middleware.Correlation}
+	mw := []message.HandlerMiddleware{growStack, track(s), middleware.Correlation}
 	if pq, err := b.transport.PoisonQueue(); err == nil {
-		mw = append(mw, middleware.Poison{
+		p := middleware.Poison{
 			Store: pq, Service: b.cfg.ServiceName, Subscription: s.name, Pattern: s.pattern.String(), Logger: b.log,
-		}.Middleware)
+		}
+		if s.tel != nil {
+			p.OnStored, p.OnStoreFailed = s.tel.poisonHooks()
+		}
+		mw = append(mw, p.Middleware)
 	}
 	if pol.IdempotencyWindow > 0 {
 		if b.idem == nil {
@@ -265,10 +291,34 @@ func (b *Bus) pipeline(s *subscription) []message.HandlerMiddleware {
 			MaxAttempts: pol.MaxAttempts, InitialInterval: pol.InitialBackoff, Multiplier: pol.Multiplier,
 			MaxInterval: pol.MaxBackoff, RandomizationFactor: max(pol.Jitter, 0), MaxElapsedTime: pol.MaxElapsed, Logger: b.log,
 		}.Middleware,
+	)
+	if s.tel != nil {
+		mw = append(mw, s.tel.attempts)
+	}
+	return append(mw,
 		middleware.Timeout(pol.HandlerTimeout),
 		middleware.Recoverer,
 	)
-	return mw
+}
+
+// track is the outermost middleware of a subscription after growStack: it
+// keeps what Bus.Health reports about the subscription and, with the
+// telemetry on, runs the delivery in its process span. It sits outside
+// Retry and Poison so that one span and one duration cover every attempt
+// and the poison queue.
+func track(s *subscription) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			start := time.Now()
+			s.lastDelivery.Store(start.UnixNano())
+			s.inFlight.Add(1)
+			defer s.inFlight.Add(-1)
+			if s.tel == nil {
+				return h(msg)
+			}
+			return s.tel.process(h, msg, start)
+		}
+	}
 }
 
 // undecodableError marks a message that is not a valid event.
@@ -496,6 +546,11 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 		if e.CorrelationID == "" {
 			e.CorrelationID = e.ID
 		}
+		if b.cfg.OnPublish != nil {
+			if err := b.cfg.OnPublish(ctx, &e); err != nil {
+				return fmt.Errorf("eventbus: publish: event %d of %d (%s, %s) refused by Config.OnPublish (nothing was published): %w", i+1, len(events), e.Name, e.ID, err)
+			}
+		}
 		if err := e.validate(false); err != nil {
 			return fmt.Errorf("eventbus: publish: event %d of %d: %w (nothing was published)", i+1, len(events), err)
 		}
@@ -510,8 +565,22 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 		for end < len(msgs) && msgs[end].Metadata[wire.Type] == name {
 			end++
 		}
-		if err := b.pub.Publish(name, msgs[start:end]...); err != nil {
-			failed = appendFailures(failed, msgs[start:end], err)
+		group := msgs[start:end]
+		var spans []trace.Span
+		var t0 time.Time
+		if b.tel != nil {
+			spans = make([]trace.Span, len(group))
+			for i, m := range group {
+				spans[i] = b.tel.startPublish(ctx, m)
+			}
+			t0 = time.Now()
+		}
+		err := b.pub.Publish(name, group...)
+		if b.tel != nil {
+			b.tel.endPublish(ctx, spans, group, err, time.Since(t0))
+		}
+		if err != nil {
+			failed = appendFailures(failed, group, err)
 		}
 		start = end
 	}
@@ -589,7 +658,7 @@ func (b *Bus) shutdown(ctx context.Context, started bool) error {
 		go func() {
 			defer close(routerClosed)
 			if err := b.router.Close(); err != nil {
-				b.log.Error("eventbus: closing router", "error", err)
+				b.log.Error("eventbus: closing router", logkeys.Error, err)
 			}
 		}()
 		// The bus closes the subscribers itself rather than leave it to
@@ -610,6 +679,7 @@ func (b *Bus) shutdown(ctx context.Context, started bool) error {
 		}
 	}
 	b.pubClosed.Store(true)
+	b.tel.close()
 	// Closing the transport cancels the contexts of handlers still running
 	// and gives their events back to the broker. It is bounded on its own
 	// (see Transport.Close); Close does not wait past ctx for it.
@@ -645,7 +715,7 @@ func (b *Bus) closeSubscribers(ctx context.Context) error {
 		defer close(done)
 		for _, sub := range subs {
 			if err := sub.Close(); err != nil {
-				b.log.Warn("eventbus: closing subscriber", "error", err)
+				b.log.Warn("eventbus: closing subscriber", logkeys.Error, err)
 			}
 		}
 	}()

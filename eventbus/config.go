@@ -1,12 +1,17 @@
 package eventbus
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/middleware"
@@ -55,6 +60,37 @@ type Config struct {
 	// pass a shared store (Redis, SQL) when several instances must
 	// recognise each other's work.
 	IdempotencyStore middleware.IdempotencyStore
+
+	// OnPublish, when set, is called by Publish for each event, with
+	// Publish's ctx, after the empty fields were filled in (ID, Time,
+	// Source, CorrelationID) and before the event is validated and sent.
+	// It may change the event (stamp a tenant into its Metadata, say) or
+	// return an error to refuse it: Publish then returns that error,
+	// naming the event, and sends none of the events it was given. It is
+	// the publishing side's counterpart of Middleware, for cross-cutting
+	// code such as authorisation, tenancy or custom metrics.
+	OnPublish func(ctx context.Context, ev *Event) error
+
+	// TracerProvider, MeterProvider and Propagator are where the bus's
+	// OpenTelemetry instrumentation sends its spans and metrics and how it
+	// writes and reads trace context on the wire (see
+	// docs/observability.md). Nil means the otel package's globals
+	// (otel.GetTracerProvider, otel.GetMeterProvider,
+	// otel.GetTextMapPropagator), which record nothing until the
+	// application installs an SDK; so set at least the global propagator
+	// (propagation.TraceContext) for traces to cross services.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	Propagator     propagation.TextMapPropagator
+
+	// DisableTelemetry switches the OpenTelemetry instrumentation off: no
+	// spans, no metrics, and trace context on the wire is neither written
+	// nor read (an event keeps whatever ce_traceparent it was given).
+	// Health reporting stays on. With the default providers and no SDK
+	// installed the instrumentation costs little (see
+	// docs/observability.md for the measurement); this is for the rare
+	// service that must not pay even that.
+	DisableTelemetry bool
 }
 
 // ConfigFromEnv reads EVENTBUS_SERVICE and EVENTBUS_URL.

@@ -28,4 +28,27 @@
 // the body is the JSON data and each attribute is a "ce_" header (see the
 // driver package, which also holds what a transport author implements), so
 // any CloudEvents-aware client can read the events.
+//
+// # Observability
+//
+// The bus traces and measures with the OpenTelemetry API, following the
+// messaging semantic conventions; nothing is recorded until the
+// application installs an SDK (Config.TracerProvider, MeterProvider and
+// Propagator default to the otel globals). Each published event gets a
+// PRODUCER span "publish <name>" whose context travels in the
+// CloudEvents distributed-tracing extension (the ce_traceparent and
+// ce_tracestate headers). Each delivery to a subscription gets one
+// CONSUMER span "process <name>" covering every attempt and the poison
+// queue, whose parent is the producer's context, which it also links to;
+// the handler's ctx carries it, so the handler's spans and the events it
+// publishes nest under it. The span records the outcome (handled,
+// poisoned with its reason, or returned to the broker), each retry and
+// each failed attempt. Metrics: messaging.client.sent.messages,
+// messaging.client.operation.duration, messaging.client.consumed.messages,
+// messaging.process.duration, eventbus.retries, eventbus.poisoned,
+// eventbus.poison.store_failures, eventbus.handlers.in_flight and
+// eventbus.poison.depth. [Bus.Health] and [Bus.HealthHandler] serve
+// readiness probes. docs/observability.md in the repository has the
+// attributes, the wiring of Prometheus and OTLP exporters and the log
+// keys.
 package eventbus

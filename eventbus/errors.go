@@ -69,9 +69,6 @@ func (e *permanentError) Is(target error) bool { return target == ErrPermanent }
 // by this method, so it does not need to import this package.
 func (e *permanentError) Permanent() bool { return true }
 
-// IsPermanent reports whether err, or any error it wraps, is permanent.
-func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }
-
 // PublishError reports the events a Publish call could not hand to the
 // transport durably. Events not listed were accepted.
 type PublishError struct {
@@ -101,14 +98,4 @@ func (e *PublishError) Unwrap() []error {
 		errs[i] = f.Err
 	}
 	return wire.Distinct(errs)
-}
-
-// IDs returns the IDs of the failed events, in the order they were given,
-// for a caller that retries just those.
-func (e *PublishError) IDs() []string {
-	ids := make([]string, len(e.Failed))
-	for i, f := range e.Failed {
-		ids[i] = f.ID
-	}
-	return ids
 }

@@ -63,10 +63,6 @@ func WithSource(source string) EventOption { return func(e *Event) { e.Source = 
 // WithType sets the kind of event; the default is [Domain].
 func WithType(t EventType) EventOption { return func(e *Event) { e.Type = t } }
 
-// WithID overrides the generated ID, for example to make publishing
-// idempotent with an ID derived from the business key.
-func WithID(id string) EventOption { return func(e *Event) { e.ID = id } }
-
 // WithCorrelationID sets the correlation ID. Events published from a
 // handler inherit the handled event's correlation ID without it.
 func WithCorrelationID(id string) EventOption { return func(e *Event) { e.CorrelationID = id } }

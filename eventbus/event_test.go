@@ -103,7 +103,7 @@ func TestNewEvent(t *testing.T) {
 }
 
 func TestNewEventOptions(t *testing.T) {
-	ev, err := eventbus.NewEvent("order.placed", json.RawMessage(`{"n": 1}`), eventbus.WithSource("shop"), eventbus.WithID("order-42"), eventbus.WithCorrelationID("corr"), eventbus.WithPartitionKey("customer-7"), eventbus.WithDataVersion("2.1"), eventbus.WithMetadata("tenant", "acme"), eventbus.WithMetadata("région", "ünïcode"))
+	ev, err := eventbus.NewEvent("order.placed", json.RawMessage(`{"n": 1}`), eventbus.WithSource("shop"), withID("order-42"), eventbus.WithCorrelationID("corr"), eventbus.WithPartitionKey("customer-7"), eventbus.WithDataVersion("2.1"), eventbus.WithMetadata("tenant", "acme"), eventbus.WithMetadata("région", "ünïcode"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func TestNewEventInvalid(t *testing.T) {
 		{"wildcard name", "user.*", "s", eventbus.Domain, nil, nil, eventbus.ErrInvalidName, `"*"`},
 		{"bad segment", "user..x", "s", eventbus.Domain, nil, nil, eventbus.ErrInvalidName, "segment 2"},
 		{"unknown type", "a", "s", 42, nil, nil, eventbus.ErrInvalidEvent, "EventType(42)"},
-		{"empty ID", "a", "s", eventbus.Domain, nil, []eventbus.EventOption{eventbus.WithID("")}, eventbus.ErrInvalidEvent, "ID"},
+		{"empty ID", "a", "s", eventbus.Domain, nil, []eventbus.EventOption{withID("")}, eventbus.ErrInvalidEvent, "ID"},
 		{"invalid raw JSON", "a", "s", eventbus.Domain, json.RawMessage(`{"a":`), nil, eventbus.ErrInvalidEvent, "JSON"},
 		{"invalid JSON bytes", "a", "s", eventbus.Domain, []byte("not json"), nil, eventbus.ErrInvalidEvent, "JSON"},
 		{"empty raw JSON", "a", "s", eventbus.Domain, json.RawMessage{}, nil, eventbus.ErrInvalidEvent, "JSON"},
@@ -280,3 +280,6 @@ func assertEventEqual(t *testing.T, got, want eventbus.Event) {
 		}
 	}
 }
+
+// withID sets the event's ID, as a caller does by setting ev.ID.
+func withID(id string) eventbus.EventOption { return func(e *eventbus.Event) { e.ID = id } }

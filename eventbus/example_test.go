@@ -159,7 +159,7 @@ func ExampleNewSchema() {
 	// does) is not retried.
 	_, err = userRegistered.NewEvent(UserRegistered{UserID: "124", Email: "jane-at-example"}, eventbus.WithSource("users"))
 	fmt.Println(err)
-	fmt.Println(eventbus.IsPermanent(err))
+	fmt.Println(errors.Is(err, eventbus.ErrPermanent))
 	var invalid *eventbus.ValidationError
 	if errors.As(err, &invalid) {
 		for _, f := range invalid.Fields {

@@ -39,16 +39,6 @@ func CompilePattern(s string) (Pattern, error) {
 	return p, nil
 }
 
-// MustCompilePattern is like [CompilePattern] but panics on error; for
-// patterns that are constants of the program.
-func MustCompilePattern(s string) Pattern {
-	p, err := CompilePattern(s)
-	if err != nil {
-		panic(err)
-	}
-	return p
-}
-
 // String returns the pattern as written.
 func (p Pattern) String() string { return p.raw }
 

@@ -86,7 +86,7 @@ func TestSchemaNewEvent(t *testing.T) {
 		assertValidationError(t, label, err)
 	}
 	// Envelope errors still come from NewEvent.
-	if _, err := s.NewEvent(userRegistered{UserID: "u", Email: "e@x.io"}, eventbus.WithID("")); !errors.Is(err, eventbus.ErrInvalidEvent) {
+	if _, err := s.NewEvent(userRegistered{UserID: "u", Email: "e@x.io"}, withID("")); !errors.Is(err, eventbus.ErrInvalidEvent) {
 		t.Errorf("empty ID: %v", err)
 	}
 }
@@ -230,7 +230,7 @@ func TestSchemaHandler(t *testing.T) {
 		t.Errorf("handler: %v", err)
 	}
 	failing, _ := s.NewEvent(userRegistered{UserID: "fail", Email: "a@example.com"}, eventbus.WithSource("a"), eventbus.WithType(eventbus.User))
-	if err := h(ctx, failing); !errors.Is(err, fail) || eventbus.IsPermanent(err) {
+	if err := h(ctx, failing); !errors.Is(err, fail) || errors.Is(err, eventbus.ErrPermanent) {
 		t.Errorf("the handler's own error = %v, want it unchanged and not permanent", err)
 	}
 	bad, _ := eventbus.NewEvent("user.registered", json.RawMessage(`{"user_id":""}`), eventbus.WithSource("a"), eventbus.WithType(eventbus.User))
@@ -248,7 +248,7 @@ func assertValidationError(t *testing.T, label string, err error) {
 		t.Errorf("%s: no error", label)
 		return
 	}
-	if !errors.Is(err, eventbus.ErrPermanent) || !eventbus.IsPermanent(err) {
+	if !errors.Is(err, eventbus.ErrPermanent) {
 		t.Errorf("%s: error %v is not permanent", label, err)
 	}
 	if !middleware.IsPermanent(err) {

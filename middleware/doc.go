@@ -3,9 +3,12 @@
 // router; the eventbus.Bus assembles them for every subscription in this
 // order, outermost first:
 //
+//	(the bus's tracking: health counters and the delivery's process span)
 //	Correlation   puts the event's correlation and ID in the ctx, stamps produced messages
 //	Poison        stores the event in the poison queue when the handler finally fails, then acks
+//	Idempotency   skips events already handled (when the policy asks for it)
 //	Retry         calls the handler again with exponential backoff, skipping permanent errors
+//	(the bus's attempt reports to the process span)
 //	Timeout       gives each attempt a deadline through the ctx
 //	Recoverer     turns a panic into an error carrying the stack
 //	(user middleware, then the handler)

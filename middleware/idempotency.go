@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/paissive/go-eventbus/internal/logkeys"
 )
 
 // IdempotencyStore remembers which events a subscription handled. It is
@@ -51,18 +53,18 @@ func (m Idempotency) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			// A store outage must not drop events: handle them, accepting
 			// that a duplicate may repeat its side effects.
 			if m.Logger != nil {
-				m.Logger.Warn("eventbus: idempotency store unavailable; handling event without the duplicate check", "message_id", msg.UUID, "error", err)
+				m.Logger.Warn("eventbus: idempotency store unavailable; handling event without the duplicate check", logkeys.EventID, msg.UUID, logkeys.Error, err)
 			}
 		} else if seen {
 			if m.Logger != nil {
-				m.Logger.Debug("eventbus: skipping already handled event", "message_id", msg.UUID)
+				m.Logger.Debug("eventbus: skipping already handled event", logkeys.EventID, msg.UUID)
 			}
 			return nil, nil
 		}
 		out, herr := h(msg)
 		if herr == nil {
 			if err := m.Store.Mark(msg.Context(), key, m.Window); err != nil && m.Logger != nil {
-				m.Logger.Warn("eventbus: cannot mark event as handled", "message_id", msg.UUID, "error", err)
+				m.Logger.Warn("eventbus: cannot mark event as handled", logkeys.EventID, msg.UUID, logkeys.Error, err)
 			}
 		}
 		return out, herr

@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/paissive/go-eventbus/internal/logkeys"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
@@ -87,7 +88,7 @@ func (p Poison) Middleware(h message.HandlerFunc) message.HandlerFunc {
 		if errors.Is(serr, wire.ErrTooLarge) {
 			if p.Logger != nil {
 				p.Logger.Warn("eventbus: poison record too large for the broker; storing a reduced record with the message in its body",
-					"message_id", msg.UUID, "subscription", p.Subscription, "error", serr)
+					p.eventAttrs(msg, logkeys.Error, serr)...)
 			}
 			wrapped = true
 			serr = p.Store.Add(orig, wrap(msg, rec))
@@ -107,8 +108,8 @@ func (p Poison) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			delay = min(delay, MaxFailureDelay)
 			if p.Logger != nil {
 				p.Logger.Error("eventbus: cannot store event in poison queue; it will be redelivered",
-					"message_id", msg.UUID, "subscription", p.Subscription, "reason", reason,
-					"consecutive_failures", n, "retry_in", delay, "error", serr, "handler_error", firstLine(err.Error()))
+					p.eventAttrs(msg, logkeys.Reason, reason, "consecutive_failures", n, logkeys.Delay, delay,
+						logkeys.Error, serr, logkeys.HandlerError, firstLine(err.Error()))...)
 			}
 			_ = sleep(orig, delay)
 			return nil, errors.Join(err, serr)
@@ -118,11 +119,22 @@ func (p Poison) Middleware(h message.HandlerFunc) message.HandlerFunc {
 			p.OnStored(reason)
 		}
 		if p.Logger != nil {
-			p.Logger.Warn("eventbus: event moved to poison queue", "message_id", msg.UUID, "subscription", p.Subscription,
-				"reason", reason, "attempts", rec.Metadata[wire.PoisonAttempts], "reduced", wrapped, "error", firstLine(err.Error()))
+			attempts, _ := strconv.Atoi(rec.Metadata[wire.PoisonAttempts])
+			p.Logger.Warn("eventbus: event moved to poison queue", p.eventAttrs(msg, logkeys.Reason, reason, logkeys.Attempts, attempts,
+				"reduced", wrapped, logkeys.Error, firstLine(err.Error()))...)
 		}
 		return nil, nil
 	}
+}
+
+// eventAttrs are the attributes of a log line about msg: the event and the
+// subscription, then more.
+func (p Poison) eventAttrs(msg *message.Message, more ...any) []any {
+	return append([]any{
+		logkeys.EventName, msg.Metadata[wire.Type], logkeys.EventID, msg.UUID,
+		logkeys.CorrelationID, msg.Metadata[wire.CorrelationID],
+		logkeys.Service, p.Service, logkeys.Subscription, p.Subscription,
+	}, more...)
 }
 
 // record is the poison record of msg failed with err: a copy with the

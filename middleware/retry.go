@@ -8,6 +8,9 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/cenkalti/backoff/v5"
+
+	"github.com/paissive/go-eventbus/internal/logkeys"
+	"github.com/paissive/go-eventbus/internal/wire"
 )
 
 // Retry calls a failing handler again with exponential backoff and jitter.
@@ -84,7 +87,8 @@ func (r Retry) Middleware(h message.HandlerFunc) message.HandlerFunc {
 				return out, &retriedError{err: err, attempts: attempt, first: start, last: now}
 			}
 			if r.Logger != nil {
-				r.Logger.Debug("eventbus: retrying handler", "message_id", msg.UUID, "attempt", attempt+1, "delay", delay, "error", err)
+				r.Logger.Debug("eventbus: retrying handler", logkeys.EventName, msg.Metadata[wire.Type], logkeys.EventID, msg.UUID,
+					logkeys.Attempt, attempt+1, logkeys.Delay, delay, logkeys.Error, err)
 			}
 			if werr := sleep(msg.Context(), delay); werr != nil {
 				// The bus is shutting down: leave the message unacked so it

@@ -237,10 +237,11 @@ func publishBatch(ctx context.Context, s settings, pub *eventbus.Bus, rec *recor
 	ids := make([]string, n)
 	for j := range n {
 		ids[j] = fmt.Sprintf("%s%06d", rec.prefix, first+j)
-		ev, err := eventbus.NewEvent(eventName, map[string]int{"seq": first + j}, eventbus.WithSource(pubService), eventbus.WithID(ids[j]))
+		ev, err := eventbus.NewEvent(eventName, map[string]int{"seq": first + j}, eventbus.WithSource(pubService))
 		if err != nil {
 			panic(err) // the name and data are constants of this program
 		}
+		ev.ID = ids[j]
 		evs[j] = ev
 	}
 	pctx, cancel := context.WithTimeout(ctx, s.publishTimeout)

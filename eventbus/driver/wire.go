@@ -28,6 +28,13 @@ const (
 	HeaderCausationID   = wire.CausationID   // the causing event's ID, omitted when empty
 	HeaderPartitionKey  = wire.PartitionKey  // the partition key, omitted when empty
 	HeaderContentType   = wire.ContentType   // always "application/json"
+	// HeaderTraceParent and HeaderTraceState carry the W3C trace context
+	// of the span that published the event: the CloudEvents
+	// distributed-tracing extension. The bus writes them (replacing any an
+	// event brought along) and reads them; a transport moves them like any
+	// other header.
+	HeaderTraceParent = wire.TraceParent
+	HeaderTraceState  = wire.TraceState
 	// MetadataPrefix prefixes each metadata key, so "tenant" travels as
 	// "meta_tenant" and user keys never collide with other headers.
 	MetadataPrefix = wire.MetadataPrefix

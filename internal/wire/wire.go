@@ -24,6 +24,12 @@ const (
 	PartitionKey  = "ce_partitionkey"
 	ContentType   = "content-type"
 
+	// TraceParent and TraceState carry W3C trace context as the
+	// CloudEvents distributed-tracing extension attributes "traceparent"
+	// and "tracestate".
+	TraceParent = "ce_traceparent"
+	TraceState  = "ce_tracestate"
+
 	// MetadataPrefix prefixes every Event.Metadata key on the wire, so that
 	// user keys can never collide with attribute or broker headers.
 	MetadataPrefix = "meta_"

@@ -74,8 +74,8 @@ func TestFaultCutMidStream(t *testing.T) {
 				switch {
 				case err == nil:
 				case errors.As(err, &pe):
-					for _, id := range pe.IDs() {
-						bad[id] = true
+					for _, f := range pe.Failed {
+						bad[f.ID] = true
 					}
 				default:
 					otherErrs = append(otherErrs, err)

@@ -71,6 +71,30 @@ func (p *poisonQueue) Add(ctx context.Context, msg *message.Message) error {
 	return nil
 }
 
+// PoisonCount returns the number of messages in the poison queue, with a
+// passive queue.declare (0 if the queue does not exist yet), by ctx's
+// deadline.
+func (p *poisonQueue) PoisonCount(ctx context.Context) (int, error) {
+	ch, _, err := p.t.openChannel(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("amqp transport: counting poison queue %s: %w", p.name, err)
+	}
+	var q amqp091.Queue
+	err = p.t.within(ctx, ch, "counting the poison queue", func() (err error) {
+		q, err = ch.QueueDeclarePassive(p.name, true, false, false, false, nil)
+		return err
+	})
+	var ae *amqp091.Error
+	if errors.As(err, &ae) && ae.Code == amqp091.NotFound {
+		return 0, nil // the broker closed the channel
+	}
+	if err != nil {
+		return 0, fmt.Errorf("amqp transport: counting poison queue %s: %w", p.name, err)
+	}
+	p.t.closeChannel(ctx, ch)
+	return q.Messages, nil
+}
+
 // channel opens a channel with the queue declared, within ctx; it returns
 // the number of messages the queue held.
 func (p *poisonQueue) channel(ctx context.Context) (*amqp091.Channel, int, error) {

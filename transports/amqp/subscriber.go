@@ -17,6 +17,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/logkeys"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
@@ -194,7 +195,7 @@ func (s *subscriber) run(pattern string, c *consumer, out chan<- *message.Messag
 		// The channel or connection dropped: messages in flight on it
 		// are requeued by the broker and their acks fail harmlessly.
 		s.t.closeChannel(s.life, c.ch)
-		s.t.log.Warn("amqp transport: consumer stopped; resubscribing", "group", s.cfg.Group)
+		s.t.log.Warn("amqp transport: consumer stopped; resubscribing", logkeys.Group, s.cfg.Group)
 		// A consumer that keeps being cancelled at once (a broker
 		// policy, a deleted queue) must not turn into a hot loop.
 		if time.Since(since) > 5*time.Second {
@@ -215,7 +216,7 @@ func (s *subscriber) run(pattern string, c *consumer, out chan<- *message.Messag
 			}
 			// Keep trying: a subscription must not stop for good
 			// because of one failed redeclaration.
-			s.t.log.Error("amqp transport: cannot resubscribe; retrying", "group", s.cfg.Group, "error", err)
+			s.t.log.Error("amqp transport: cannot resubscribe; retrying", logkeys.Group, s.cfg.Group, logkeys.Error, err)
 			s.pause(delay)
 			delay = min(2*delay, 5*time.Second)
 		}
@@ -279,7 +280,7 @@ func (s *subscriber) settle(msg *message.Message, d amqp091.Delivery, inflight *
 		}
 	}
 	if err != nil {
-		s.t.log.Debug("amqp transport: cannot settle a message; the broker will redeliver it", "group", s.cfg.Group, "message_id", msg.UUID, "error", err)
+		s.t.log.Debug("amqp transport: cannot settle a message; the broker will redeliver it", logkeys.Group, s.cfg.Group, logkeys.EventID, msg.UUID, logkeys.Error, err)
 	}
 }
 
@@ -301,7 +302,7 @@ func (s *subscriber) finish(c *consumer, inflight *sync.WaitGroup) {
 	case <-cancelled:
 	case <-timer.C:
 		answered = false
-		s.t.log.Warn("amqp transport: the broker did not confirm the cancel of a consumer; closing its channel without waiting", "group", s.cfg.Group, "waited", closeTimeout)
+		s.t.log.Warn("amqp transport: the broker did not confirm the cancel of a consumer; closing its channel without waiting", logkeys.Group, s.cfg.Group, logkeys.Waited, closeTimeout)
 	}
 	timer.Stop()
 	inflight.Wait()

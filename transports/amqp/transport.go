@@ -20,6 +20,8 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/blocking"
+	"github.com/paissive/go-eventbus/internal/connstate"
+	"github.com/paissive/go-eventbus/internal/logkeys"
 )
 
 // DefaultExchange is the topic exchange used when the URL does not name
@@ -138,6 +140,8 @@ type Transport struct {
 	subsMu   sync.Mutex
 	subs     map[*subscriber]struct{}
 	closeErr error
+	host     string // of the broker, for Describe
+	port     string
 }
 
 var _ driver.Transport = (*Transport)(nil)
@@ -174,7 +178,7 @@ func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	redacted := driver.RedactURL(dialURL.String())
-	log = log.With("transport", "amqp", "url", redacted)
+	log = log.With(logkeys.Transport, "amqp", logkeys.URL, redacted)
 	amqpCfg := amqp091.Config{
 		Heartbeat:  10 * time.Second,
 		Properties: amqp091.Table{"connection_name": cfg.ServiceName},
@@ -187,9 +191,11 @@ func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 			amqpCfg.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 		}
 	}
+	pw, _ := cfg.URL.User.Password()
 	m := &connManager{
 		url:      dialURL.String(),
 		redacted: redacted,
+		state:    connstate.New(pw),
 		cfg:      amqpCfg,
 		log:      log,
 		exchange: opts.exchange,
@@ -199,7 +205,13 @@ func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 	if err := m.connect(ctx); err != nil {
 		return nil, err
 	}
-	t := &Transport{opts: opts, log: log, conn: m, subs: map[*subscriber]struct{}{}}
+	t := &Transport{opts: opts, log: log, conn: m, subs: map[*subscriber]struct{}{}, host: dialURL.Hostname(), port: dialURL.Port()}
+	if t.port == "" {
+		t.port = "5672"
+		if dialURL.Scheme == "amqps" {
+			t.port = "5671"
+		}
+	}
 	t.msgCtx, t.msgStop = context.WithCancel(context.Background())
 	t.pub = newPublisher(t)
 	t.poison = &poisonQueue{t: t, name: PoisonQueueName(cfg.ServiceName)}
@@ -250,6 +262,24 @@ func checkURL(u *url.URL) error {
 // PoisonQueueName returns the name of a service's poison queue,
 // "poison:<service>".
 func PoisonQueueName(service string) string { return "poison:" + service }
+
+// System is the transport's "messaging.system" in the bus's telemetry:
+// the OpenTelemetry semantic conventions' name for RabbitMQ.
+const System = "rabbitmq"
+
+// Describe states the messaging system, "rabbitmq", and the broker's host
+// and port.
+func (t *Transport) Describe() driver.Description {
+	d := driver.Description{System: System, ServerAddress: t.host}
+	d.ServerPort, _ = strconv.Atoi(t.port)
+	return d
+}
+
+// Connectivity reports the connection as the transport last saw it: up
+// from a successful connection until the broker closes it or it drops,
+// then reconnecting, with the error that ended it or the last failed
+// attempt. It does not talk to the broker.
+func (t *Transport) Connectivity() driver.Connectivity { return t.conn.state.Get() }
 
 // Exchange returns the name of the topic exchange the transport publishes
 // to.
@@ -442,6 +472,7 @@ type connManager struct {
 	cfg      amqp091.Config
 	log      *slog.Logger
 	exchange string
+	state    *connstate.State
 
 	mu     sync.Mutex
 	conn   *amqp091.Connection // nil while disconnected
@@ -519,6 +550,7 @@ func (m *connManager) install(conn *amqp091.Connection, raw net.Conn) bool {
 	m.conn, m.raw = conn, raw
 	m.gen++
 	close(m.ready)
+	m.state.Up()
 	closes := conn.NotifyClose(make(chan *amqp091.Error, 1))
 	m.wg.Add(1)
 	m.mu.Unlock()
@@ -544,7 +576,8 @@ func (m *connManager) watch(conn *amqp091.Connection, raw net.Conn, closes chan 
 		return
 	default:
 	}
-	m.log.Warn("amqp transport: connection to the broker lost; reconnecting", "error", errText(reason))
+	m.state.Down(errors.New("connection lost: " + errText(reason)))
+	m.log.Warn("amqp transport: connection to the broker lost; reconnecting", logkeys.Error, errText(reason))
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		select {
@@ -582,10 +615,12 @@ func (m *connManager) dialRetry(ctx context.Context) (*amqp091.Connection, net.C
 			return conn, raw, nil
 		}
 		if refused(err) {
+			m.state.Down(err)
 			return nil, nil, fmt.Errorf("amqp transport: the broker at %s refused the connection: %w", m.redacted, err)
 		}
-		m.log.Debug("amqp transport: cannot connect; retrying", "attempt", attempt, "error", err)
+		m.state.Down(err)
 		wait := delay/2 + rand.N(delay/2+1)
+		m.log.Warn("amqp transport: cannot connect to the broker; retrying", logkeys.Attempt, attempt, logkeys.Delay, wait, logkeys.Error, err)
 		select {
 		case <-ctx.Done():
 			return nil, nil, fmt.Errorf("amqp transport: cannot connect to %s after %d attempt(s) (%w); last error: %w", m.redacted, attempt, ctx.Err(), err)
@@ -677,6 +712,7 @@ func (m *connManager) close() error {
 	}
 	m.closed = true
 	close(m.done)
+	m.state.Down(nil)
 	conn, raw := m.conn, m.raw
 	m.conn, m.raw = nil, nil
 	m.mu.Unlock()

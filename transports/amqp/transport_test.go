@@ -181,7 +181,7 @@ func TestPublishWaitsDuringOutage(t *testing.T) {
 	start := time.Now()
 	err := pub.Publish(ctx, ev)
 	var pe *eventbus.PublishError
-	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &pe) || pe.IDs()[0] != ev.ID {
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &pe) || pe.Failed[0].ID != ev.ID {
 		t.Errorf("Publish during an outage: %v; want a PublishError naming %s with DeadlineExceeded", err, ev.ID)
 	}
 	if d := time.Since(start); d < 250*time.Millisecond {

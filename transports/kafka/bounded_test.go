@@ -170,7 +170,7 @@ func TestCallsBoundedWhileBrokerDown(t *testing.T) {
 				{"Subscribe waiting for the join", "joiner", "warm.#"},
 				{"Subscribe creating topics", "fresh", "fresh.#"},
 			} {
-				sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "bounded." + s.sub, Service: "bounded", Subscription: s.sub, Pattern: s.pattern, Concurrency: 1, Match: eventbus.MustCompilePattern(s.pattern).Match})
+				sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "bounded." + s.sub, Service: "bounded", Subscription: s.sub, Pattern: s.pattern, Concurrency: 1, Match: matcher(s.pattern)})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -201,7 +201,7 @@ func TestCallsBoundedWhileBrokerDown(t *testing.T) {
 			if err := pub.Publish("cold.a", rawEvent(t, testCtx(t), "cold.a")); err != nil {
 				t.Fatalf("Publish after Heal: %v", err)
 			}
-			sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "bounded.fresh", Service: "bounded", Subscription: "fresh", Pattern: "fresh.#", Concurrency: 1, Match: eventbus.MustCompilePattern("fresh.#").Match})
+			sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "bounded.fresh", Service: "bounded", Subscription: "fresh", Pattern: "fresh.#", Concurrency: 1, Match: matcher("fresh.#")})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -259,7 +259,7 @@ func TestSubscriptionOutlivesSetupCtx(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "outlive.s", Service: "outlive", Subscription: "s", Pattern: "o.#", Concurrency: 1, Match: eventbus.MustCompilePattern("o.#").Match})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "outlive.s", Service: "outlive", Subscription: "s", Pattern: "o.#", Concurrency: 1, Match: matcher("o.#")})
 	if err != nil {
 		t.Fatal(err)
 	}

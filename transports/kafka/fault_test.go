@@ -12,7 +12,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
@@ -65,7 +64,7 @@ func TestConsumerBacksOffWhenBrokerIsGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "gone.s", Service: "gone", Subscription: "s", Concurrency: 1, Pattern: "x.#", Match: eventbus.MustCompilePattern("x.#").Match})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "gone.s", Service: "gone", Subscription: "s", Concurrency: 1, Pattern: "x.#", Match: matcher("x.#")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -133,3 +133,13 @@ func missing(c *counter, evs []eventbus.Event) string {
 	}
 	return fmt.Sprintf("%d of %d missing (e.g. %s)", n, len(evs), first)
 }
+
+// matcher returns the Match function of a pattern of the program's own,
+// as the bus gives it to a transport.
+func matcher(pattern string) func(name string) bool {
+	p, err := eventbus.CompilePattern(pattern)
+	if err != nil {
+		panic(err)
+	}
+	return p.Match
+}

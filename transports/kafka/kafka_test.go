@@ -239,7 +239,7 @@ func TestSegmentMapping(t *testing.T) {
 	}
 	// A transport used without the bus rejects it at NewSubscriber.
 	for _, p := range []string{"#.completed", "*.registered", "#"} {
-		_, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "seg.x", Service: "seg", Subscription: "x", Concurrency: 1, Pattern: p, Match: eventbus.MustCompilePattern(p).Match})
+		_, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "seg.x", Service: "seg", Subscription: "x", Concurrency: 1, Pattern: p, Match: matcher(p)})
 		if !errors.Is(err, ErrPatternNotServed) || !strings.Contains(err.Error(), "mapping=segment") {
 			t.Errorf("NewSubscriber(%q) under mapping=segment: got %v, want ErrPatternNotServed", p, err)
 		}
@@ -320,7 +320,7 @@ func TestNackDoesNotBlockPartition(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "nack.items", Service: "nack", Subscription: "items", Concurrency: 1, Pattern: "nk.#", Match: eventbus.MustCompilePattern("nk.#").Match})
+		sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "nack.items", Service: "nack", Subscription: "items", Concurrency: 1, Pattern: "nk.#", Match: matcher("nk.#")})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -131,8 +131,8 @@ func runOutage(t *testing.T, fault func(*faultnet.Listener), outage time.Duratio
 				if err != nil {
 					var pe *eventbus.PublishError
 					if errors.As(err, &pe) {
-						for _, id := range pe.IDs() {
-							failedIDs[id] = true
+						for _, f := range pe.Failed {
+							failedIDs[f.ID] = true
 						}
 					} else {
 						for _, ev := range part {

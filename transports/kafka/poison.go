@@ -8,6 +8,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/paissive/go-eventbus/internal/logkeys"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
@@ -202,7 +203,7 @@ func (p *poisonQueue) trim(ctx context.Context, offset int64) {
 	}
 	err := p.t.deleteRecords(ctx, p.topic, map[int32]int64{0: offset})
 	if err != nil && !errors.Is(err, context.Canceled) {
-		p.t.log.Debug("kafka transport: cannot delete records of the poison topic; tombstones hide them", "topic", p.topic, "error", err)
+		p.t.log.Debug("kafka transport: cannot delete records of the poison topic; tombstones hide them", logkeys.Topic, p.topic, logkeys.Error, err)
 	}
 }
 
@@ -227,7 +228,7 @@ func (p *poisonQueue) Purge(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("kafka transport: purging poison topic %s: %w", p.topic, err)
 	}
-	p.t.log.Debug("kafka transport: cannot delete records of the poison topic; writing tombstones", "topic", p.topic, "error", err)
+	p.t.log.Debug("kafka transport: cannot delete records of the poison topic; writing tombstones", logkeys.Topic, p.topic, logkeys.Error, err)
 	return p.Scan(ctx, 500, func(page []*message.Message) ([]int, error) {
 		del := make([]int, len(page))
 		for i := range del {

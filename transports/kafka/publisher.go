@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/logkeys"
 )
 
 // Publisher publishes messages through Sarama AsyncProducers shared by
@@ -385,6 +386,7 @@ func (p *Publisher) await(q *pending, topic string) error {
 	ctx := q.m.Context()
 	select {
 	case err := <-q.r:
+		p.t.report(err)
 		switch {
 		case err == nil:
 			return nil
@@ -459,10 +461,10 @@ func (pr *producer) warnRetry(t *Transport, topic string, n int, err error) {
 	now := time.Now().UnixNano()
 	last := pr.lastWarn.Load()
 	if now-last < int64(5*time.Second) || !pr.lastWarn.CompareAndSwap(last, now) {
-		t.log.Debug("kafka transport: producing failed; retrying within each message's context", "topic", topic, "records", n, "error", err)
+		t.log.Debug("kafka transport: producing failed; retrying within each message's context", logkeys.Topic, topic, "records", n, logkeys.Error, err)
 		return
 	}
-	t.log.Warn("kafka transport: producing failed; retrying within each message's context", "topic", topic, "records", n, "error", err)
+	t.log.Warn("kafka transport: producing failed; retrying within each message's context", logkeys.Topic, topic, "records", n, logkeys.Error, err)
 }
 
 // tooLargeError is the error of a record over a producer's limit.

@@ -80,7 +80,7 @@ func TestRecordSizeLimit(t *testing.T) {
 		t.Fatalf("Publish returned %v, want a *PublishError for the event over the limit", err)
 	}
 	if len(pe.Failed) != 1 || pe.Failed[0].ID != over.ID {
-		t.Fatalf("failed events %v, want only %s (the one over the limit)", pe.IDs(), over.ID)
+		t.Fatalf("failed events %v, want only %s (the one over the limit)", pe.Failed, over.ID)
 	}
 	ferr := pe.Failed[0].Err
 	if !errors.Is(ferr, driver.ErrTooLarge) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/blocking"
+	"github.com/paissive/go-eventbus/internal/logkeys"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
@@ -129,7 +130,7 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 	case <-c.joined:
 		return c.out, nil
 	case <-tm.C:
-		s.t.log.Warn("kafka transport: the consumer has not joined its group yet; it keeps trying in the background", "group", s.cfg.Group, "waited", d)
+		s.t.log.Warn("kafka transport: the consumer has not joined its group yet; it keeps trying in the background", logkeys.Group, s.cfg.Group, logkeys.Waited, d)
 		return c.out, nil
 	case <-runCtx.Done():
 		detach()
@@ -176,12 +177,13 @@ type consumer struct {
 func (c *consumer) run(ctx context.Context) {
 	defer close(c.out)
 	t := c.s.t
-	log := t.log.With("group", c.s.cfg.Group)
+	log := t.log.With(logkeys.Group, c.s.cfg.Group)
 	groupID := t.names.groupID(c.s.cfg.Group)
 	const minDelay, maxDelay = 100 * time.Millisecond, 10 * time.Second
 	delay := minDelay
 	backoff := func(what string, err error) bool {
-		log.Warn("kafka transport: "+what+"; retrying", "in", delay, "error", err)
+		t.report(err)
+		log.Warn("kafka transport: "+what+"; retrying", logkeys.Delay, delay, logkeys.Error, err)
 		select {
 		case <-ctx.Done():
 			return false
@@ -207,12 +209,15 @@ func (c *consumer) run(ctx context.Context) {
 	go func() {
 		defer close(errsDone)
 		for err := range group.Errors() {
-			log.Debug("kafka transport: consumer error", "error", err)
+			if cutOff(err) {
+				t.state.Down(err)
+			}
+			log.Debug("kafka transport: consumer error", logkeys.Error, err)
 		}
 	}()
 	defer func() {
 		if err := group.Close(); err != nil {
-			log.Debug("kafka transport: leaving the group", "error", err)
+			log.Debug("kafka transport: leaving the group", logkeys.Error, err)
 		}
 		<-errsDone
 	}()
@@ -237,6 +242,7 @@ type handler struct {
 // Setup marks the consumer as joined.
 func (h *handler) Setup(sarama.ConsumerGroupSession) error {
 	h.ok()
+	h.c.s.t.state.Up()
 	h.c.once.Do(func() { close(h.c.joined) })
 	return nil
 }
@@ -327,7 +333,7 @@ func (c *consumer) settle(sess sarama.ConsumerGroupSession, tr *tracker, rec *sa
 			<-c.sem
 			return // not marked: the next member of the group gets it again
 		}
-		t.log.Debug("kafka transport: message nacked; delivering it again", "group", c.s.cfg.Group, "message_id", msg.UUID, "in", delay)
+		t.log.Debug("kafka transport: message nacked; delivering it again", logkeys.Group, c.s.cfg.Group, logkeys.EventID, msg.UUID, logkeys.Delay, delay)
 		select {
 		case <-time.After(delay):
 		case <-sess.Context().Done():

@@ -14,6 +14,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/paissive/go-eventbus/internal/blocking"
+	"github.com/paissive/go-eventbus/internal/logkeys"
 )
 
 // ErrPatternNotServed is wrapped by the error Subscribe returns for a
@@ -248,7 +249,7 @@ func (t *Transport) createTopic(ctx context.Context, topic string, spec topicSpe
 			return fmt.Errorf("kafka transport: cannot create topic %s (create it, or allow this client to): %w", topic, err)
 		}
 		existed = true
-		t.log.Debug("kafka transport: topic exists; creating it failed", "topic", topic, "error", err)
+		t.log.Debug("kafka transport: topic exists; creating it failed", logkeys.Topic, topic, logkeys.Error, err)
 	}
 	// Wait until the metadata lists the topic with leaders, so that the
 	// first produce or fetch does not fail.
@@ -286,7 +287,7 @@ func (t *Transport) raiseMaxBytes(ctx context.Context, topic string, want int) {
 		return describeTopic(t.admin, topic, "max.message.bytes")
 	}, nil)
 	if err != nil {
-		t.log.Warn("kafka transport: cannot read the topic's max.message.bytes", "topic", topic, "error", err)
+		t.log.Warn("kafka transport: cannot read the topic's max.message.bytes", logkeys.Topic, topic, logkeys.Error, err)
 		return
 	}
 	for _, e := range entries {
@@ -319,10 +320,10 @@ func (t *Transport) raiseMaxBytes(ctx context.Context, topic string, want int) {
 		return t.admin.AlterConfig(sarama.TopicResource, topic, set, false)
 	})
 	if err != nil {
-		t.log.Warn("kafka transport: cannot raise the topic's max.message.bytes; poison records of events near max_message_bytes may not fit", "topic", topic, "want", want, "error", err)
+		t.log.Warn("kafka transport: cannot raise the topic's max.message.bytes; poison records of events near max_message_bytes may not fit", logkeys.Topic, topic, "want", want, logkeys.Error, err)
 		return
 	}
-	t.log.Info("kafka transport: raised the topic's max.message.bytes", "topic", topic, "to", want)
+	t.log.Info("kafka transport: raised the topic's max.message.bytes", logkeys.Topic, topic, "to", want)
 }
 
 // describeTopic returns the named settings of topic (all with no names).

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +18,8 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/blocking"
+	"github.com/paissive/go-eventbus/internal/connstate"
+	"github.com/paissive/go-eventbus/internal/logkeys"
 )
 
 // errClosed is returned by operations on a closed transport; it wraps the
@@ -56,6 +60,8 @@ type Transport struct {
 	closeMu sync.Mutex
 	closed  bool
 	subs    map[*subscriber]struct{}
+
+	state *connstate.State // for Connectivity
 }
 
 var _ driver.Transport = (*Transport)(nil)
@@ -89,8 +95,10 @@ func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With("transport", "kafka", "brokers", o.brokers)
+	log = log.With(logkeys.Transport, "kafka", logkeys.URL, driver.RedactURL(cfg.URL.String()))
+	pw, _ := cfg.URL.User.Password()
 	t := &Transport{
+		state:    connstate.New(pw),
 		opts:     o,
 		names:    names{prefix: o.prefix, mapping: o.mapping},
 		service:  cfg.ServiceName,
@@ -105,12 +113,13 @@ func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 		t.release()
 		return nil, err
 	}
-	t.client, err = retry(ctx, log, "connect", func() (sarama.Client, error) {
+	t.client, err = retry(ctx, log, "connect to the cluster", func() (sarama.Client, error) {
 		return sarama.NewClient(o.brokers, t.sarama)
 	}, closeClient)
 	if err != nil {
 		return fail(fmt.Errorf("kafka transport: cannot connect to %v: %w", o.brokers, err))
 	}
+	t.state.Up()
 	t.admin, err = retry(ctx, log, "reach the controller", func() (sarama.ClusterAdmin, error) {
 		return sarama.NewClusterAdminFromClient(t.client)
 	}, nil)
@@ -129,7 +138,100 @@ func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 		return fail(err)
 	}
 	t.poison = &poisonQueue{t: t, topic: t.names.poisonTopic(cfg.ServiceName)}
+	t.background(t.watch)
 	return t, nil
+}
+
+// System is the transport's "messaging.system" in the bus's telemetry:
+// the OpenTelemetry semantic conventions' name for Kafka.
+const System = "kafka"
+
+// Describe states the messaging system, "kafka", and the broker's address
+// when the URL names only one.
+func (t *Transport) Describe() driver.Description {
+	d := driver.Description{System: System}
+	if len(t.opts.brokers) == 1 {
+		if host, port, err := net.SplitHostPort(t.opts.brokers[0]); err == nil {
+			d.ServerAddress = host
+			d.ServerPort, _ = strconv.Atoi(port)
+		}
+	}
+	return d
+}
+
+// Connectivity reports whether the transport reaches the cluster, as its
+// producers, consumers and a metadata request every healthInterval last
+// found; it does not talk to the cluster.
+func (t *Transport) Connectivity() driver.Connectivity { return t.state.Get() }
+
+// healthInterval is how often the transport asks the cluster for its
+// metadata to know whether it is reachable, so that a service that
+// neither produces nor consumes at the moment still knows; each request
+// is bounded by healthTimeout.
+const (
+	healthInterval = 5 * time.Second
+	healthTimeout  = 5 * time.Second
+)
+
+// watch refreshes the metadata every healthInterval until Close and
+// reports the outcome to t.state. A request still waiting for a frozen
+// broker is not repeated: the state says unreachable until it returns.
+func (t *Transport) watch() {
+	tk := time.NewTicker(healthInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-t.life.Done():
+			return
+		case <-tk.C:
+		}
+		done := make(chan error, 1)
+		t.after.Add(1)
+		go func() {
+			defer t.after.Done()
+			done <- t.client.RefreshMetadata()
+		}()
+		tm := time.NewTimer(healthTimeout)
+		select {
+		case err := <-done:
+			t.report(err)
+		case <-tm.C:
+			t.state.Down(fmt.Errorf("no answer from the cluster to a metadata request within %v", healthTimeout))
+			select {
+			case err := <-done:
+				t.report(err)
+			case <-t.life.Done():
+			}
+		case <-t.life.Done():
+		}
+		tm.Stop()
+	}
+}
+
+// report records the outcome of a request to the cluster: nil and errors
+// the cluster answered with mean it is reachable.
+func (t *Transport) report(err error) {
+	if errors.Is(err, sarama.ErrClosedClient) || errors.Is(err, sarama.ErrShuttingDown) {
+		return // closing: says nothing about the cluster
+	}
+	if err == nil || !cutOff(err) {
+		t.state.Up()
+		return
+	}
+	t.state.Down(err)
+}
+
+// cutOff reports errors that mean the cluster could not be reached
+// (rather than that it answered with an error).
+func cutOff(err error) bool {
+	if errors.Is(err, sarama.ErrClosedClient) || errors.Is(err, sarama.ErrShuttingDown) {
+		return false
+	}
+	var kerr sarama.KError
+	if errors.As(err, &kerr) {
+		return kerr == sarama.ErrBrokerNotAvailable || kerr == sarama.ErrNetworkException || kerr == sarama.ErrRequestTimedOut
+	}
+	return transient(err)
 }
 
 // release closes what a failed open had opened, in the background: a
@@ -179,8 +281,8 @@ func retry[T any](ctx context.Context, log *slog.Logger, what string, f func() (
 			return v, err
 		}
 		last = err
-		log.Debug("kafka transport: cannot "+what+"; retrying", "attempt", attempt, "error", err)
 		wait := delay/2 + rand.N(delay/2+1)
+		log.Warn("kafka transport: cannot "+what+"; retrying", logkeys.Attempt, attempt, logkeys.Delay, wait, logkeys.Error, err)
 		tm := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -291,6 +393,7 @@ func (t *Transport) Close() error {
 		return nil
 	}
 	t.closed = true
+	t.state.Down(nil)
 	subs := make([]*subscriber, 0, len(t.subs))
 	for s := range t.subs {
 		subs = append(subs, s)
@@ -319,7 +422,7 @@ func (t *Transport) Close() error {
 	// lets their report arrive.
 	waitUntil(parts, deadline.Add(50*time.Millisecond))
 	if !subsDone.Load() {
-		t.log.Warn("kafka transport: consumers had not left their groups when Close gave up waiting; they finish in the background", "waited", CloseTimeout)
+		t.log.Warn("kafka transport: consumers had not left their groups when Close gave up waiting; they finish in the background", logkeys.Waited, CloseTimeout)
 	}
 	if !pubDone.Load() {
 		errs = append(errs, fmt.Errorf("kafka transport: the producers had not stopped after %v (broker unreachable or frozen); they finish in the background", CloseTimeout))
@@ -327,7 +430,7 @@ func (t *Transport) Close() error {
 		errs = append(errs, pubErr)
 	}
 	if !waitUntil(&t.bg, deadline) {
-		t.log.Warn("kafka transport: background work (topic creation, consumers) had not stopped when Close gave up waiting; it finishes in the background", "waited", CloseTimeout)
+		t.log.Warn("kafka transport: background work (topic creation, consumers) had not stopped when Close gave up waiting; it finishes in the background", logkeys.Waited, CloseTimeout)
 	}
 	// The admin closes the shared client; a client's Close waits for a
 	// metadata refresh in flight, which a frozen broker makes long.
@@ -341,7 +444,7 @@ func (t *Transport) Close() error {
 			errs = append(errs, adminErr)
 		}
 	} else {
-		t.log.Warn("kafka transport: the admin client had not closed when Close gave up waiting; it closes in the background", "waited", CloseTimeout)
+		t.log.Warn("kafka transport: the admin client had not closed when Close gave up waiting; it closes in the background", logkeys.Waited, CloseTimeout)
 	}
 	return errors.Join(errs...)
 }

@@ -97,7 +97,7 @@ func open(_ context.Context, cfg driver.Config) (driver.Transport, error) {
 	}
 	name := brokerName(u)
 	ctx, cancel := context.WithCancel(context.Background())
-	t := &transport{b: getBroker(name, buffer), service: cfg.ServiceName, ctx: ctx, cancel: cancel}
+	t := &transport{b: getBroker(name, buffer), service: cfg.ServiceName, ctx: ctx, cancel: cancel, opened: time.Now()}
 	t.pub = &publisher{t: t}
 	return t, nil
 }
@@ -311,6 +311,19 @@ type transport struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	closed atomic.Bool
+	opened time.Time
+}
+
+// System is the transport's "messaging.system" in the bus's telemetry.
+const System = "memory"
+
+// Describe states the transport's messaging system, "memory".
+func (t *transport) Describe() driver.Description { return driver.Description{System: System} }
+
+// Connectivity reports the in-process broker as connected from Open until
+// Close.
+func (t *transport) Connectivity() driver.Connectivity {
+	return driver.Connectivity{Connected: !t.closed.Load(), Since: t.opened}
 }
 
 func (t *transport) Publisher() message.Publisher { return t.pub }
@@ -559,6 +572,16 @@ func (p *poisonStore) Add(ctx context.Context, m *message.Message) error {
 	p.seq++
 	p.recs = append(p.recs, poisonRecord{seq: p.seq, msg: m.Copy()})
 	return nil
+}
+
+// PoisonCount returns the number of records stored.
+func (p *poisonStore) PoisonCount(ctx context.Context) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.recs), nil
 }
 
 func (p *poisonStore) Scan(ctx context.Context, pageSize int, visit func([]*message.Message) ([]int, error)) error {

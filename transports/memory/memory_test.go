@@ -60,7 +60,7 @@ func TestBackPressure(t *testing.T) {
 	defer cancel()
 	err := pub.Publish(ctx, ev)
 	var pe *eventbus.PublishError
-	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &pe) || pe.IDs()[0] != ev.ID {
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &pe) || pe.Failed[0].ID != ev.ID {
 		t.Fatalf("publishing into a full subscription: got %v, want a PublishError naming %s with DeadlineExceeded", err, ev.ID)
 	}
 
@@ -159,7 +159,7 @@ func TestBackPressureRoomAfterConsumerLeaves(t *testing.T) {
 			published <- pub.Publish(context.Background(), ev)
 		}()
 	}
-	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "bpl.idle", Concurrency: 1, Pattern: "bpl.#", Match: eventbus.MustCompilePattern("bpl.#").Match})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: "bpl.idle", Concurrency: 1, Pattern: "bpl.#", Match: matcher("bpl.#")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +295,7 @@ func idleGroup(t *testing.T, url, service string) driver.Transport {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = tr.Close() })
-	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: service + ".idle", Concurrency: 1, Pattern: service + ".#", Match: eventbus.MustCompilePattern(service + ".#").Match})
+	sub, err := tr.NewSubscriber(driver.SubscriberConfig{Group: service + ".idle", Concurrency: 1, Pattern: service + ".#", Match: matcher(service + ".#")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +394,7 @@ func TestCloseGivesBackEventsNobodyRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	cfg := driver.SubscriberConfig{Group: "unread.s", Service: "unread", Subscription: "s", Concurrency: 2, Pattern: "unread.#", Match: eventbus.MustCompilePattern("unread.#").Match}
+	cfg := driver.SubscriberConfig{Group: "unread.s", Service: "unread", Subscription: "s", Concurrency: 2, Pattern: "unread.#", Match: matcher("unread.#")}
 	sub, err := tr.NewSubscriber(cfg)
 	if err != nil {
 		t.Fatal(err)
