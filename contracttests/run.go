@@ -74,6 +74,8 @@ var tests = []struct {
 	{"CorrelationAcrossHops", testCorrelation},
 	{"IdempotencySkipsDuplicates", testIdempotency},
 	{"RetryDelaysFollowBackoff", testRetryDelays},
+	{"TapSeesEveryMatchingEvent", testTap},
+	{"TapFromBeginning", testTapFromBeginning},
 }
 
 // env is one test's namespace: a URL and a unique prefix for service names.
