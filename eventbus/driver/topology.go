@@ -41,6 +41,11 @@ type TopologyQuery struct {
 type SubscriptionRef struct {
 	Name    string
 	Pattern string // "" when unknown
+	// Hint marks a subscription a tool found (in poison records) rather
+	// than one the operator named: it is looked up like the others, but
+	// not reported missing, and hints alone never make other objects
+	// orphans.
+	Hint bool
 }
 
 // Topology is what a transport found.

@@ -48,7 +48,9 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 	top := &driver.Topology{Broker: fmt.Sprintf("exchange %q in vhost %q at %s", t.opts.exchange, vhost, t.conn.redacted)}
 	known := map[string]driver.SubscriptionRef{}
 	for _, s := range q.Subscriptions {
-		known[s.Name] = s
+		if !s.Hint {
+			known[s.Name] = s
+		}
 	}
 	prefix := q.Service + "."
 
@@ -103,20 +105,31 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 			subs = append(subs, o)
 		}
 		for _, s := range q.Subscriptions {
-			if !seen[s.Name] {
+			if !seen[s.Name] && !s.Hint {
 				subs = append(subs, missingQueue(q.Service, s))
+				seen[s.Name] = true
 			}
 		}
 	} else {
+		seen := map[string]bool{}
 		for _, s := range q.Subscriptions {
+			if seen[s.Name] {
+				continue
+			}
+			seen[s.Name] = true
 			o, err := t.lookupQueue(ctx, prefix+s.Name)
 			if err != nil {
 				return nil, err
 			}
 			o.Kind, o.Subscription = driver.KindQueue, s.Name
-			if o.Missing {
+			switch {
+			case o.Missing && s.Hint:
+				continue // named by an old poison record: gone, as it may be
+			case o.Missing:
 				o = missingQueue(q.Service, s)
-			} else if s.Pattern != "" {
+			case s.Pattern != "" && s.Hint:
+				o.Note = "found in poison records, which name the pattern " + s.Pattern
+			case s.Pattern != "":
 				o.Note = "expected binding: " + s.Pattern
 			}
 			subs = append(subs, o)

@@ -90,7 +90,9 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 
 	known := map[string]driver.SubscriptionRef{}
 	for _, s := range q.Subscriptions {
-		known[s.Name] = s
+		if !s.Hint {
+			known[s.Name] = s
+		}
 	}
 	groupPrefix := t.names.groupID(q.Service + ".")
 	var ids []string
@@ -158,8 +160,10 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 		}
 		top.Objects = append(top.Objects, o)
 	}
+	reported := map[string]bool{}
 	for _, s := range q.Subscriptions {
-		if !seen[s.Name] {
+		if !seen[s.Name] && !s.Hint && !reported[s.Name] {
+			reported[s.Name] = true
 			top.Objects = append(top.Objects, driver.TopologyObject{Kind: driver.KindConsumerGroup, Name: t.names.groupID(q.Service + "." + s.Name),
 				Subscription: s.Name, Messages: -1, Consumers: -1, Missing: true,
 				Note: "no such consumer group: the subscription has not started on this cluster (or its name is wrong)"})

@@ -19,7 +19,9 @@ func (t *transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 	}
 	known := map[string]driver.SubscriptionRef{}
 	for _, s := range q.Subscriptions {
-		known[s.Name] = s
+		if !s.Hint {
+			known[s.Name] = s
+		}
 	}
 	prefix := q.Service + "."
 	top := &driver.Topology{Broker: "in-process broker"}
@@ -53,7 +55,8 @@ func (t *transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 	pq := t.b.poison[q.Service]
 	t.b.mu.RUnlock()
 	for _, s := range q.Subscriptions {
-		if !seen[s.Name] {
+		if !seen[s.Name] && !s.Hint {
+			seen[s.Name] = true
 			top.Objects = append(top.Objects, driver.TopologyObject{Kind: driver.KindQueue, Name: prefix + s.Name, Subscription: s.Name,
 				Messages: -1, Consumers: -1, Missing: true, Note: "the subscription has not started on this broker yet"})
 		}
