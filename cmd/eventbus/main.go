@@ -114,7 +114,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case isUsageError(err):
 		code = exitUsage
 	}
-	fmt.Fprintln(stderr, "eventbus: "+redactAll(err.Error()))
+	msg := redactAll(err.Error())
+	if !strings.HasPrefix(msg, "eventbus: ") {
+		msg = "eventbus: " + msg
+	}
+	fmt.Fprintln(stderr, msg)
 	if code == exitUsage && !strings.Contains(err.Error(), "--help") {
 		fmt.Fprintln(stderr, "run 'eventbus "+commandPath(root, args)+" --help' for usage")
 	}

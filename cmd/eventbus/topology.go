@@ -83,9 +83,14 @@ management plugin).`,
 			if !ok {
 				return withCode(exitUnsupported, fmt.Errorf("the transport of %s (%T) cannot describe its topology: it does not implement driver.TopologyReader", g.redacted(), b.Transport()))
 			}
-			if admin == "" {
+			top, err := tr.Topology(ctx, driver.TopologyQuery{Service: service, Subscriptions: refs, Admin: admin})
+			if err != nil {
+				return err
+			}
+			if admin == "" && hasPoisonQueue(top) {
 				// Subscriptions that failed events are named in the poison
-				// records: look them up too.
+				// records: look them up too. (Only when the poison queue
+				// exists: reading it would create it.)
 				named := map[string]bool{}
 				for _, r := range refs {
 					named[r.Name] = true
@@ -100,10 +105,9 @@ management plugin).`,
 				if err != nil && !errors.Is(err, driver.ErrUnsupported) {
 					return err
 				}
-			}
-			top, err := tr.Topology(ctx, driver.TopologyQuery{Service: service, Subscriptions: refs, Admin: admin})
-			if err != nil {
-				return err
+				if top, err = tr.Topology(ctx, driver.TopologyQuery{Service: service, Subscriptions: refs, Admin: admin}); err != nil {
+					return err
+				}
 			}
 			if asJSON {
 				return newLineWriter(g.stdout).json(top)
@@ -158,4 +162,14 @@ func count(n int64) string {
 		return "?"
 	}
 	return strconv.FormatInt(n, 10)
+}
+
+// hasPoisonQueue reports whether the topology shows the poison queue.
+func hasPoisonQueue(top *driver.Topology) bool {
+	for _, o := range top.Objects {
+		if o.Kind == driver.KindPoisonQueue {
+			return !o.Missing
+		}
+	}
+	return false
 }

@@ -39,11 +39,11 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 	if err := call("listing consumer groups", func() (err error) { groups, err = t.admin.ListConsumerGroups(); return err }); err != nil {
 		return nil, err
 	}
-	// records returns the records retained in topic and its high-water
-	// marks by partition.
-	records := func(topic string) (int64, map[int32]int64, error) {
+	// records returns the records retained in topic and its offsets by
+	// partition.
+	records := func(topic string) (int64, map[int32][2]int64, error) {
 		var n int64
-		hwms := map[int32]int64{}
+		hwms := map[int32][2]int64{} // oldest, high-water mark
 		err := call("offsets of "+topic, func() error {
 			if err := t.client.RefreshMetadata(topic); err != nil {
 				return err
@@ -62,7 +62,7 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 					return err
 				}
 				n += hwm - old
-				hwms[p] = hwm
+				hwms[p] = [2]int64{old, hwm}
 			}
 			return nil
 		})
@@ -74,7 +74,7 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 		names = append(names, name)
 	}
 	sort.Strings(names)
-	hwmOf := map[string]map[int32]int64{}
+	hwmOf := map[string]map[int32][2]int64{}
 	for _, name := range names {
 		if name != t.names.join("events") && !strings.HasPrefix(name, t.names.join("events.")) {
 			continue
@@ -136,10 +136,14 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 				hwmOf[topic] = hwms
 			}
 			for p, b := range parts {
-				if b == nil || b.Offset < 0 {
+				if b == nil {
 					continue
 				}
-				if d := hwms[p] - b.Offset; d > 0 {
+				from := b.Offset
+				if from < 0 { // nothing committed: the group starts at the oldest record
+					from = hwms[p][0]
+				}
+				if d := hwms[p][1] - from; d > 0 {
 					lag += d
 				}
 			}
