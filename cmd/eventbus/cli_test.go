@@ -244,10 +244,20 @@ func TestTopology(t *testing.T) {
 	svc := unique("topo")
 	eachBroker(t, []string{svc}, func(t *testing.T, br broker) {
 		b := newBus(t, br, svc)
+		orders := newRecorder()
 		for _, s := range []struct{ name, pattern string }{{"order.#", "order.#"}, {"invoices", "invoice.*"}, {"old", "legacy.#"}} {
-			if err := b.Subscribe(s.pattern, newRecorder().handle, eventbus.SubscriptionName(s.name)); err != nil {
+			h := newRecorder().handle
+			if s.name == "order.#" {
+				h = orders.handle
+			}
+			if err := b.Subscribe(s.pattern, h, eventbus.SubscriptionName(s.name)); err != nil {
 				t.Fatal(err)
 			}
+		}
+		prefix := ""
+		if br.kind == "kafka" {
+			prefix = br.url[strings.Index(br.url, "prefix=")+len("prefix="):]
+			prefix = prefix[:strings.IndexByte(prefix, '&')]
 		}
 		if err := b.Start(testCtx(t)); err != nil {
 			t.Fatal(err)
@@ -258,11 +268,13 @@ func TestTopology(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 		defer cancel()
+		waitFor(t, "the first event is handled", func() bool { return orders.len() == 1 }, func() string { return "" })
 		if br.kind == "kafka" {
-			// Let the group commit an offset, so that it shows its topics.
+			// Let the group commit its offset (once a second), so that
+			// its lag counts from there.
 			waitFor(t, "the group commits", func() bool {
 				r := cli(t, br, "", "topology", "-s", svc, "--json")
-				return strings.Contains(r.stdout, `"Messages":0`) && strings.Contains(r.stdout, "order.#")
+				return strings.Contains(r.stdout, `"Name":"`+prefix+"."+svc+`.order.#","Subscription":"order.#","Bindings":["`)
 			}, func() string { return "" })
 		}
 		if err := b.Close(ctx); err != nil {
@@ -304,15 +316,13 @@ func TestTopology(t *testing.T) {
 				}
 			}
 		} else {
-			prefix := strings.TrimPrefix(br.url[strings.Index(br.url, "prefix=")+len("prefix="):], "")
-			prefix = prefix[:strings.IndexByte(prefix, '&')]
 			order, missing, old = row(prefix+"."+svc+".order.#"), row(prefix+"."+svc+".missing-one"), row(prefix+"."+svc+".old")
 			invoices = row(prefix + "." + svc + ".invoices")
 		}
 		if order[3] != "7" || order[4] != "0" {
 			t.Errorf("the order.# subscription shows %v, want 7 messages waiting and 0 consumers", order)
 		}
-		if invoices[3] != "0" {
+		if br.kind == "amqp" && invoices[3] != "0" { // Kafka's lag counts every record of the topic
 			t.Errorf("the invoices subscription shows %v, want 0 messages", invoices)
 		}
 		if !strings.Contains(strings.Join(missing, " "), "MISSING") {

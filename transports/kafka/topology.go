@@ -135,15 +135,12 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 				}
 				hwmOf[topic] = hwms
 			}
-			for p, b := range parts {
-				if b == nil {
-					continue
+			for p, off := range hwms {
+				from := off[0] // nothing committed: the group starts at the oldest record
+				if b := parts[p]; b != nil && b.Offset >= 0 {
+					from = b.Offset
 				}
-				from := b.Offset
-				if from < 0 { // nothing committed: the group starts at the oldest record
-					from = hwms[p][0]
-				}
-				if d := hwms[p][1] - from; d > 0 {
+				if d := off[1] - from; d > 0 {
 					lag += d
 				}
 			}
