@@ -173,7 +173,9 @@ func TestPoison(t *testing.T) {
 			return c
 		}
 		waitFor(t, "1,000 events poisoned", func() bool { return poisoned() == n && healthy.len() == n },
-			func() string { return fmt.Sprintf("%d poisoned, %d handled by the healthy subscription", poisoned(), healthy.len()) })
+			func() string {
+				return fmt.Sprintf("%d poisoned, %d handled by the healthy subscription", poisoned(), healthy.len())
+			})
 
 		r := mustCLI(t, br, "", "poison", "ls", "--service", svc)
 		if got := len(lines(r.stdout)); got != n+1 || !strings.Contains(r.stderr, fmt.Sprintf("%d poisoned event(s)", n)) {
