@@ -152,7 +152,7 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 		case len(known) > 0 && !isKnown:
 			o.Orphan, o.Note = true, "no subscription of the service has this name: a renamed or removed subscription's group; delete it (kafka-consumer-groups --delete --group "+id+")"
 		case o.Consumers == 0:
-			o.Note = "no member: nobody consumes (state " + states[id] + "); lag counts records committed by nobody yet"
+			o.Note = "no member: nobody consumes, so the lag grows until the subscription runs again (state " + states[id] + ")"
 		default:
 			o.Note = "state " + states[id]
 		}
