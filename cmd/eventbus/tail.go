@@ -37,7 +37,8 @@ object instead (one per line, for jq); metadata is the extra member
 "metadata".
 
 "tailing ..." on stderr means the tap is in place: events published from
-then on are shown. With --count, tail exits 1 when --timeout ends first.`,
+then on are shown. Ctrl-C ends tail normally (exit 0); with --count, tail
+exits 1 when --timeout ends first.`,
 		Example: `  eventbus tail                          # every event
   eventbus tail 'order.#' '#.failed'     # two patterns
   eventbus tail 'user.*' --json | jq -r .data.email
