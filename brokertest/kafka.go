@@ -13,7 +13,8 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/ory/dockertest/v3"
 	"github.com/ory/dockertest/v3/docker"
-	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/paissive/go-eventbus/internal/devkafka"
 )
 
 // KafkaBrokersEnv names the environment variable that sets the Kafka
@@ -75,9 +76,7 @@ func KafkaBrokers(t testing.TB) (brokers []string, kind string) {
 	kafkaOnce.Unlock()
 
 	if kind == KafkaInProcess {
-		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.ListenFn(func(network, _ string) (net.Listener, error) {
-			return net.Listen(network, "127.0.0.1:0")
-		}))
+		c, err := devkafka.Start("127.0.0.1:0")
 		if err != nil {
 			t.Fatalf("brokertest: starting an in-process Kafka cluster (kfake): %v", err)
 		}

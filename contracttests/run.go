@@ -76,6 +76,8 @@ var tests = []struct {
 	{"TraceRetryAndPoison", testTraceRetryAndPoison},
 	{"IdempotencySkipsDuplicates", testIdempotency},
 	{"RetryDelaysFollowBackoff", testRetryDelays},
+	{"TapSeesEveryMatchingEvent", testTap},
+	{"TapFromBeginning", testTapFromBeginning},
 }
 
 // env is one test's namespace: a URL and a unique prefix for service names.

@@ -81,6 +81,18 @@ type PoisonFilter struct {
 	After, Before time.Time
 	// Limit, when positive, stops after this many events.
 	Limit int
+	// Each, when set, is called with every selected event once the call
+	// is done with it, in queue order: listed ([Bus.Poisoned], which then
+	// returns no slice, so that a queue of any size streams through the
+	// memory of one page), redelivered and removed from the queue
+	// ([Bus.Replay]), removed ([Bus.PurgePoison], except with the zero
+	// filter, which empties the queue at once). For Replay and
+	// PurgePoison it is called a page at a time, once the page's records
+	// are removed, so it serves as progress. An error from Each stops the
+	// call before it reads the next page and is returned (errors.Is finds it):
+	// returning one on an interrupt (Ctrl-C) ends a Replay with its page in
+	// flight complete, neither lost nor to be replayed again.
+	Each func(PoisonedEvent) error
 }
 
 // poisonPage is how many records the bus asks a poison queue for at once:
@@ -169,13 +181,19 @@ func (b *Bus) scanPoison(ctx context.Context, f PoisonFilter, visit func(page []
 
 // Poisoned lists the events in the service's poison queue that pass f,
 // oldest first, without removing them. It reads the queue a page at a
-// time, but returns every selected event at once: set f.Limit for a queue
-// that may be large.
+// time, but returns every selected event at once: set f.Limit, or f.Each
+// to stream them, for a queue that may be large.
 func (b *Bus) Poisoned(ctx context.Context, f PoisonFilter) ([]PoisonedEvent, error) {
 	var out []PoisonedEvent
 	err := b.scanPoison(ctx, f, func(_ []*message.Message, ps []*PoisonedEvent) ([]int, error) {
 		for _, p := range ps {
-			if p != nil {
+			switch {
+			case p == nil:
+			case f.Each != nil:
+				if err := f.Each(*p); err != nil {
+					return nil, err
+				}
+			default:
 				out = append(out, *p)
 			}
 		}
@@ -207,7 +225,8 @@ func (b *Bus) Replay(ctx context.Context, f PoisonFilter) (int, error) {
 	// event the queue gives again (stored again meanwhile) is left alone.
 	sent := map[string]bool{}
 	var orphans []string // records without a subscription: left stored
-	err := b.scanPoison(ctx, f, func(page []*message.Message, ps []*PoisonedEvent) ([]int, error) {
+	done := f.doneReporter()
+	err := b.scanPoison(ctx, f, done.visit(func(page []*message.Message, ps []*PoisonedEvent) ([]int, error) {
 		byGroup := map[string][]int{}
 		var groups []string
 		for i, p := range ps {
@@ -259,11 +278,72 @@ func (b *Bus) Replay(ctx context.Context, f PoisonFilter) (int, error) {
 			}
 		}
 		return del, nil
-	})
+	}))
+	err = done.finish(err)
 	if err == nil && len(orphans) > 0 {
 		err = fmt.Errorf("eventbus: %d poisoned message(s) have no %s header, so the subscription to replay them to is unknown; they stay in the poison queue (first: %s)", len(orphans), wire.PoisonSubscription, orphans[0])
 	}
 	return n, err
+}
+
+// doneReporter calls f.Each for the events whose records a scan removed.
+// A page's records are removed after its visit returns, so the events of
+// a page are reported when the next page is visited, or when the scan
+// returns.
+type doneReporter struct {
+	each     func(PoisonedEvent) error
+	pending  []*PoisonedEvent
+	visitErr error
+}
+
+func (f PoisonFilter) doneReporter() *doneReporter { return &doneReporter{each: f.Each} }
+
+// visit wraps a scan's visit: it reports the previous page first, and
+// remembers the events of this page that visit removes.
+func (d *doneReporter) visit(v func([]*message.Message, []*PoisonedEvent) ([]int, error)) func([]*message.Message, []*PoisonedEvent) ([]int, error) {
+	if d.each == nil {
+		return v
+	}
+	return func(page []*message.Message, ps []*PoisonedEvent) ([]int, error) {
+		if err := d.flush(); err != nil {
+			return nil, err
+		}
+		del, err := v(page, ps)
+		for _, i := range del {
+			if i >= 0 && i < len(ps) && ps[i] != nil {
+				d.pending = append(d.pending, ps[i])
+			}
+		}
+		d.visitErr = err
+		return del, err
+	}
+}
+
+func (d *doneReporter) flush() error {
+	pending := d.pending
+	d.pending = nil
+	for _, p := range pending {
+		if err := d.each(*p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// finish reports the last page, whose records the scan removed when it
+// returned nil or the error of that page's visit (see
+// driver.PoisonQueue.Scan), and returns the scan's error, or Each's.
+func (d *doneReporter) finish(scanErr error) error {
+	if d.each == nil {
+		return scanErr
+	}
+	if scanErr != nil && (d.visitErr == nil || !errors.Is(scanErr, d.visitErr)) {
+		return scanErr // the last page's removal is not known to be done
+	}
+	if err := d.flush(); err != nil && scanErr == nil {
+		return err
+	}
+	return scanErr
 }
 
 // replayMessage is the message a poisoned event is replayed as: the stored
@@ -293,7 +373,8 @@ func (b *Bus) PurgePoison(ctx context.Context, f PoisonFilter) (int, error) {
 		return -1, nil
 	}
 	n := 0
-	err := b.scanPoison(ctx, f, func(_ []*message.Message, ps []*PoisonedEvent) ([]int, error) {
+	done := f.doneReporter()
+	err := b.scanPoison(ctx, f, done.visit(func(_ []*message.Message, ps []*PoisonedEvent) ([]int, error) {
 		var del []int
 		for i, p := range ps {
 			if p != nil {
@@ -302,8 +383,8 @@ func (b *Bus) PurgePoison(ctx context.Context, f PoisonFilter) (int, error) {
 		}
 		n += len(del)
 		return del, nil
-	})
-	if err != nil {
+	}))
+	if err = done.finish(err); err != nil {
 		return n, fmt.Errorf("eventbus: purging poison queue: %w", err)
 	}
 	return n, nil

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/paissive/go-eventbus/internal/devkafka"
 )
 
 // kafkaBrokerCommand is the first argument that makes the program run as
@@ -44,12 +46,12 @@ func kafkaBrokerMain(args []string) int {
 		return 2
 	}
 	_, p, err := net.SplitHostPort(*addr)
-	port, perr := strconv.Atoi(p)
+	_, perr := strconv.Atoi(p)
 	if err != nil || perr != nil || *dir == "" {
 		fmt.Fprintln(os.Stderr, "usage: reliability kafka-broker -addr 127.0.0.1:PORT -dir DIR")
 		return 2
 	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(port), kfake.DataDir(*dir), kfake.SyncWrites())
+	c, err := devkafka.Start(*addr, kfake.DataDir(*dir), kfake.SyncWrites())
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kafka-broker: %v\n", err)
 		return 1
