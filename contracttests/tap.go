@@ -38,9 +38,13 @@ func (e *env) tapper() driver.Tapper {
 // tapRecorder drains a tap into a recorder until the tap closes.
 func (e *env) tapRecorder(tp driver.Tapper, patterns []string, fromBeginning bool) (*recorder, error) {
 	e.t.Helper()
+	matchers := make([]func(string) bool, len(patterns))
+	for i, p := range patterns {
+		matchers[i] = matcher(p)
+	}
 	match := func(name string) bool {
-		for _, p := range patterns {
-			if eventbus.MustCompilePattern(p).Match(name) {
+		for _, m := range matchers {
+			if m(name) {
 				return true
 			}
 		}

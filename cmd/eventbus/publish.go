@@ -123,9 +123,6 @@ func singleEvent(g *globals, name, data, kind, source, corr, key, id, dataVersio
 	if key != "" {
 		opts = append(opts, eventbus.WithPartitionKey(key))
 	}
-	if id != "" {
-		opts = append(opts, eventbus.WithID(id))
-	}
 	if dataVersion != "" {
 		opts = append(opts, eventbus.WithDataVersion(dataVersion))
 	}
@@ -139,6 +136,9 @@ func singleEvent(g *globals, name, data, kind, source, corr, key, id, dataVersio
 	ev, err := eventbus.NewEvent(name, json.RawMessage(raw), opts...)
 	if err != nil {
 		return eventbus.Event{}, usageErrorf("%v", err)
+	}
+	if id != "" {
+		ev.ID = id
 	}
 	return ev, nil
 }
