@@ -331,7 +331,15 @@ func (c *consumer) settle(sess sarama.ConsumerGroupSession, tr *tracker, rec *sa
 			<-c.sem
 		case <-t.msgCtx.Done():
 			<-c.sem
-			return // not marked: the next member of the group gets it again
+			// select picks at random among ready cases: an ack that raced
+			// with the transport's close must still be marked, or the
+			// next member of the group gets the event again.
+			select {
+			case <-msg.Acked():
+				tr.settle(rec.Offset)
+			default:
+			}
+			return // not acknowledged: the next member of the group gets it again
 		}
 		t.log.Debug("kafka transport: message nacked; delivering it again", logkeys.Group, c.s.cfg.Group, logkeys.EventID, msg.UUID, logkeys.Delay, delay)
 		select {
