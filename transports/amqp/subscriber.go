@@ -404,7 +404,7 @@ func (s *subscriber) Close() error {
 // The UUID is the message-id property, else the ce_id header, else the id
 // of a structured-mode body, else a new UUID.
 func toMessage(d *amqp091.Delivery) *message.Message {
-	md := make(message.Metadata, len(d.Headers)+2)
+	md := make(message.Metadata, len(d.Headers))
 	for k, v := range d.Headers {
 		s, ok := headerString(v)
 		if !ok {
