@@ -93,22 +93,22 @@ const AttributePrefix = "ce_"
 // [Decode] reads such messages; [Encode] never writes them.
 const ContentTypeStructured = "application/cloudevents+json"
 
-// MaxExtensionName is the longest metadata key Encode sends as a
+// maxExtensionName is the longest metadata key Encode sends as a
 // CloudEvents extension: the CloudEvents specification asks attribute
 // names to be at most 20 characters, so that every SDK and binding
 // accepts them.
-const MaxExtensionName = 20
+const maxExtensionName = 20
 
 // ExtensionName reports whether Encode sends the metadata key k as the
 // CloudEvents extension attribute "ce_<k>", which CloudEvents SDKs read as
-// such: k is 1 to [MaxExtensionName] lower-case ASCII letters and digits
+// such: k is 1 to 20 lower-case ASCII letters and digits
 // (the specification's rule for attribute names) and not the name of an
 // attribute the envelope has a field for (id, source, type, time,
 // specversion, eventtype, dataversion, correlationid, causationid,
 // partitionkey, datacontenttype) nor "data". Other keys travel as
 // "meta_<k>": a metadata key "id" cannot overwrite the event's ID.
 func ExtensionName(k string) bool {
-	if len(k) == 0 || len(k) > MaxExtensionName {
+	if len(k) == 0 || len(k) > maxExtensionName {
 		return false
 	}
 	for i := 0; i < len(k); i++ {

@@ -655,3 +655,60 @@ func eventbusMessage(t testing.TB, name string) *message.Message {
 	t.Helper()
 	return eventbustest.Message(mustEvent(t, name, nil))
 }
+
+// TestPatternChangeWaitsForTheLockWithinCtx: while another connection
+// holds a subscription's lock (an instance in the middle of a switch),
+// Subscribe waits for it, returns by its ctx's deadline with an error
+// naming the lock, and switches once the lock is free; a lock whose
+// holder's connection dies is free at once.
+func TestPatternChangeWaitsForTheLockWithinCtx(t *testing.T) {
+	url := isolatedURL(t)
+	svc := unique("lock-")
+	run1 := newBus(t, url, svc)
+	subscribeNamed(t, run1, "lk.old.#", "s")
+	closeBus(t, run1)
+
+	holder, err := amqp091.Dial(brokerURL(t).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	ch, err := holder.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock := transportOf(t, run1).subNames(svc + ".s").lock
+	if _, err := ch.QueueDeclare(lock, false, false, true, false, amqp091.Table{"x-queue-type": "classic"}); err != nil {
+		t.Fatal(err)
+	}
+
+	run2 := newBus(t, url, svc)
+	if err := run2.Subscribe("lk.new.#", newCounter().handle, eventbus.SubscriptionName("s")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = run2.Start(ctx)
+	if err == nil || !strings.Contains(err.Error(), lock) {
+		t.Fatalf("Start while the lock is held: %v; want an error naming %s", err, lock)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond+200*time.Millisecond {
+		t.Errorf("Start returned %v after its ctx's 500ms deadline", d-500*time.Millisecond)
+	}
+
+	// The holder dies: its exclusive queue goes with its connection.
+	_ = holder.Close()
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel2()
+	if err := run2.Start(ctx2); err != nil {
+		t.Fatalf("Start once the lock is free: %v", err)
+	}
+	pub := newBus(t, url, unique("lock-pub-"))
+	if _, err := publishOne(t, pub, "lk.old.x"); !errors.Is(err, eventbus.ErrUnroutable) {
+		t.Errorf("old-pattern event after the switch: %v; want ErrUnroutable", err)
+	}
+	if _, err := publishOne(t, pub, "lk.new.x"); err != nil {
+		t.Errorf("new-pattern event after the switch: %v", err)
+	}
+}
