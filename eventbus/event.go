@@ -24,7 +24,9 @@ type Event struct {
 	Source string
 	// Type classifies the event; Publish sets [Domain] when it is zero.
 	Type EventType
-	// Time is when the event happened, in UTC.
+	// Time is when the event happened, in UTC; zero for an event from
+	// another CloudEvents producer that did not say (the attribute is
+	// optional there).
 	Time time.Time
 	// DataVersion is the version of the schema of Data, for evolution.
 	DataVersion string
@@ -37,6 +39,11 @@ type Event struct {
 	// transports that partition (Kafka).
 	PartitionKey string
 	// Metadata holds free-form string pairs that travel with the event.
+	// A key that is a CloudEvents extension name (1 to 20 lower-case
+	// letters and digits, such as "tenant") travels as the extension
+	// "ce_<key>", which CloudEvents SDKs read; an event from another
+	// CloudEvents producer has its extensions and attributes without a
+	// field here ("subject", "traceparent"), so they survive a republish.
 	Metadata map[string]string
 	// Data is the JSON payload.
 	Data json.RawMessage

@@ -11,8 +11,14 @@
 //
 // The transport moves messages in the wire format of [Encode]: CloudEvents
 // 1.0 in binary content mode with "ce_" headers. It never needs to decode
-// events, except to read the event name from the [HeaderType] header when
-// its broker cannot route by name.
+// events, except to read the event name when its broker cannot route by
+// name: the [HeaderType] header or, for a CloudEvent in structured content
+// mode ([ContentTypeStructured]) from another producer, the "type" of its
+// JSON body. [Decode] reads what any CloudEvents producer may send; a
+// transport helps it by turning what its broker carries natively into
+// headers when the message lacks them (the RabbitMQ transport's
+// content-type and correlation-id properties, the Kafka transport's record
+// key as "ce_partitionkey").
 //
 // The division of labour follows gocloud.dev/pubsub: the bus owns policy
 // (retries, poison, correlation, middleware, instrumentation); a transport

@@ -10,22 +10,84 @@
 //
 // # Topology
 //
-// RabbitMQ does the pattern matching, so the topology is the classic one of
-// a topic exchange:
+// RabbitMQ does the pattern matching, in a topic exchange:
+//
+//	topic exchange "events" --pattern--> exchange "billing.invoices" (fanout) --> queue "billing.invoices"
+//
+// The transport declares:
 //
 //   - one durable topic exchange, "events" unless the URL says
 //     ?exchange=name; every event is published to it with its name as the
 //     routing key;
-//   - one durable queue per subscription, named after the subscription
-//     group "<service>.<subscription>" (for example "billing.order.#" or
-//     "billing.invoices"), bound to the exchange with the subscription's
-//     pattern as binding key; instances of a service consume the same queue
-//     (competing consumers), other services have their own (fan-out);
-//   - one durable poison queue per service, "poison:<service>", not bound to
-//     the exchange. Service names cannot contain ':', so this name can never
+//   - per subscription, a durable queue and a durable internal fanout
+//     exchange, both named after the subscription group
+//     "<service>.<subscription>" (for example "billing.order.#" or
+//     "billing.invoices"): the queue is bound only to its exchange, and
+//     the exchange is bound to the topic exchange with the subscription's
+//     pattern. Instances of a service consume the same queue (competing
+//     consumers), other services have their own (fan-out);
+//   - one durable poison queue per service, "poison:<service>", bound to
+//     nothing. Service names cannot contain ':', so this name can never
 //     be a subscription's queue, whereas "<service>.poison" would be the
-//     queue of the service's subscription named "poison" (and "a.b.poison"
-//     that of service "a"'s subscription "b.poison").
+//     queue of the service's subscription named "poison".
+//
+// The subscription's own exchange is what lets a subscription change its
+// pattern. AMQP 0-9-1 cannot list a queue's bindings (only the management
+// plugin's HTTP API can), so a queue bound directly with its pattern kept
+// the old pattern's binding after a change: events of the old pattern
+// kept arriving, and Publish of one reported success. Deleting the
+// subscription's exchange removes its binding whatever its key was. The
+// exchange records its pattern (a hash of it) in its alternate-exchange
+// argument, the one exchange argument RabbitMQ compares when an exchange
+// is declared again, so declaring it with another pattern fails, which is
+// how Subscribe notices a change. The argument names an exchange that
+// never exists: RabbitMQ consults it only for an event the subscription's
+// exchange cannot route, when its queue was deleted, and the event stays
+// unroutable.
+//
+// When Subscribe finds the pattern changed, it switches without a moment
+// in which an event of the new pattern would miss the queue: under a lock
+// (an exclusive queue "<queue>@lock", which dies with its holder's
+// connection), it binds a temporary exchange "<queue>@next" to the queue
+// and to the topic exchange with the new pattern, deletes and declares
+// again the subscription's exchange with the new pattern, then deletes
+// the temporary exchange. An event reaching the queue by both routes
+// meanwhile is delivered to it once (RabbitMQ delivers a message at most
+// once to a queue). Instances of the new version that start together
+// switch one after the other; the later ones find the pattern already
+// theirs. From the switch on, events of the old pattern are unroutable
+// unless another subscription matches them; those already in the queue
+// reach the bus, which moves them to the poison queue as misrouted, where
+// they can be listed and purged.
+//
+// During a rolling deploy that changes a pattern, the instance that
+// subscribed last decides it: re-subscribing after a lost connection
+// never changes a pattern another instance set (it logs a warning), so
+// old instances do not switch it back; an old instance started (or
+// restarted) after the new ones does. While both versions consume the
+// queue, each poisons as misrouted the events only the other's pattern
+// matches. To change a pattern with no event poisoned, give the
+// subscription a new name instead (a new queue, which receives events
+// only from its first start) and delete the old queue once drained. A
+// crash in the middle of a switch can leave the temporary exchange,
+// which carries the new pattern and is removed by the next switch.
+//
+// Queues of versions of this transport that bound the queue directly to
+// the topic exchange lose that binding, for the current pattern, on their
+// first Subscribe; a binding of a pattern changed in the same upgrade
+// must be removed by hand (rabbitmqctl or the management UI). Subscription
+// names containing '@' are refused: names derived from a queue's carry it,
+// so they can never be a subscription's.
+//
+// ?prefix=name namespaces everything the transport names, so that
+// applications whose services have the same names can share a vhost: the
+// topic exchange becomes "<prefix>:events" (unless ?exchange= names one),
+// queues and subscription exchanges "<prefix>:<service>.<subscription>"
+// and the poison queue "<prefix>:poison:<service>". A prefix has the
+// characters of a service name (letters, digits, '_', '-'), neither '.'
+// nor ':', so a prefixed name is never another prefix's name nor an
+// unprefixed one; the Kafka transport's prefix allows dots, since Kafka
+// names have no other namespace to collide with.
 //
 // Queues are classic queues unless the URL says ?queue_type=quorum. Every
 // declaration is idempotent and is repeated after each reconnection, so a
@@ -34,19 +96,26 @@
 // default exchange, so only that subscription sees the replayed events.
 //
 // On the wire the body is the event's JSON data and the CloudEvents "ce_"
-// attributes are AMQP headers (see eventbus.EncodeMessage); the native
-// properties message-id, content-type, correlation-id and timestamp are
-// filled as well, and every message is persistent (delivery mode 2).
+// attributes are AMQP headers (see driver.Encode); the native properties
+// message-id, content-type, correlation-id and timestamp are filled as
+// well, and every message is persistent (delivery mode 2). Events from
+// other CloudEvents producers are read too: attributes with the AMQP
+// binding's prefixes "cloudEvents_" and "cloudEvents:", the content-type
+// property (binary mode, or structured mode with
+// application/cloudevents+json) and the correlation-id property when no
+// correlation attribute is present (see toMessage and driver.Decode).
 //
-// URL query parameters: exchange (default "events"), queue_type ("classic"
-// or "quorum"), publish_channels (size of the pool of confirm-mode channels
-// concurrent publishers share, default 4), max_message_size (the largest
-// body sent, default 134217728: set it to the broker's max_message_size if
-// that was changed), and amqp091-go's own heartbeat, connection_timeout,
-// channel_max, server_name_indication, certfile, keyfile and cacertfile.
-// Other parameters are rejected, so a typo does not go unnoticed, and so is
-// a URL amqp091-go would read as something else than it says (it falls
-// back to localhost:5672 and guest/guest for what it does not find): one
+// URL query parameters: exchange (default "events", "<prefix>:events" with
+// a prefix), prefix, unroutable ("error", the default, or "accept"; see
+// Guarantees), queue_type ("classic" or "quorum"), publish_channels (size
+// of the pool of confirm-mode channels concurrent publishers share,
+// default 4), max_message_size (the largest body sent, default 134217728:
+// set it to the broker's max_message_size if that was changed), and
+// amqp091-go's own heartbeat, connection_timeout, channel_max,
+// server_name_indication, certfile, keyfile and cacertfile. Other
+// parameters are rejected, so a typo does not go unnoticed, and so is a
+// URL amqp091-go would read as something else than it says (it falls back
+// to localhost:5672 and guest/guest for what it does not find): one
 // without "//" after the scheme, without a host, with a port that is not a
 // number from 1 to 65535 or with a fragment.
 //
@@ -59,6 +128,15 @@
 // name), or did not confirm before the connection was lost or the message's
 // context ended. A message in that list may still have reached the broker
 // (a confirm can be lost with the connection): delivery is at least once.
+// The check for unroutable events goes through the subscriptions'
+// exchanges: an event routed only to exchanges without a queue is
+// returned as well.
+//
+// With ?unroutable=accept, for a publisher deployed before its consumers,
+// Publish accepts an event no subscription matches: the broker drops it
+// and the transport counts it (Transport.UnroutableAccepted, the
+// driver.UnroutableCounter capability a metrics exporter reads). Replay
+// and the poison queue still fail on an unroutable message.
 //
 // One bad message fails alone. Before a message is written it is checked
 // against the limits whose violation would close the connection or the

@@ -111,6 +111,14 @@ func deleteTopology(t testing.TB, brokerURL, exchange string) {
 			t.Errorf("cleanup: deleting queue %q: %v", q, err)
 			return
 		}
+		// A subscription's exchange has its queue's name; deleting an
+		// exchange that does not exist is no error.
+		for _, x := range []string{q, derived(q, helperMark+"next")} {
+			if err := ch.ExchangeDelete(x, false, false); err != nil {
+				t.Errorf("cleanup: deleting exchange %q: %v", x, err)
+				return
+			}
+		}
 	}
 	if err := ch.ExchangeDelete(exchange, false, false); err != nil {
 		t.Errorf("cleanup: deleting exchange %q: %v", exchange, err)

@@ -27,7 +27,8 @@ import (
 // waiting, so their confirms are in flight together; concurrent calls
 // share a small pool of confirm-mode channels, whose confirms the broker
 // also batches; every message is mandatory, and a basic.return turns into
-// driver.ErrUnroutable for that message.
+// driver.ErrUnroutable for that message (or, with ?unroutable=accept,
+// into a success counted by Transport.UnroutableAccepted).
 //
 // A message's context bounds the whole call: waiting for the connection,
 // for a channel to open, for the socket (a write to a frozen broker blocks
@@ -90,7 +91,11 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	return p.publishBatch(msgs[0].Context(), false, p.t.opts.exchange, topic, msgs)
+	var accept *atomic.Uint64
+	if p.t.opts.acceptUnroutable {
+		accept = &p.t.unroutable
+	}
+	return p.publishBatch(msgs[0].Context(), false, p.t.opts.exchange, topic, msgs, accept)
 }
 
 // Close stops the publisher: later Publish calls fail, and calls waiting
@@ -122,17 +127,20 @@ var errChannelGone = errors.New("publishing channel closed")
 // confirms, until ctx or the message's own context ends. It serves the
 // transport's own calls that take a ctx: Redeliver and the poison queue.
 func (p *Publisher) publish(ctx context.Context, exchange, key string, msgs []*message.Message) error {
-	return p.publishBatch(ctx, true, exchange, key, msgs)
+	return p.publishBatch(ctx, true, exchange, key, msgs, nil)
 }
 
 // publishBatch sends msgs to exchange with routing key key and waits for
 // their confirms. ctx is the context of the messages that carry none and,
-// when bound is set, also bounds every message.
-func (p *Publisher) publishBatch(ctx context.Context, bound bool, exchange, key string, msgs []*message.Message) error {
+// when bound is set, also bounds every message. Messages the broker
+// returns as unroutable fail with driver.ErrUnroutable, unless accept is
+// set: then they succeed and are counted there.
+func (p *Publisher) publishBatch(ctx context.Context, bound bool, exchange, key string, msgs []*message.Message, accept *atomic.Uint64) error {
 	if p.closed.Load() || p.t.isClosed() {
 		return errClosed
 	}
 	b := newBatch(msgs)
+	b.acceptUnroutable = accept
 	if len(key) > maxShortString {
 		// amqp091-go would fail writing basic.publish and close the
 		// connection.
@@ -435,6 +443,10 @@ func (pc *pubChannel) confirm(c amqp091.Confirmation) {
 	switch {
 	case !c.Ack:
 		p.b.resolve(p.i, errors.New("the broker nacked the message"))
+	case p.returned != nil && p.b.acceptUnroutable != nil:
+		// ?unroutable=accept: the broker has it and drops it.
+		p.b.acceptUnroutable.Add(1)
+		p.b.resolve(p.i, nil)
 	case p.returned != nil:
 		p.b.resolve(p.i, fmt.Errorf("%w (%s %d %s)", driver.ErrUnroutable, p.returned.Exchange, p.returned.ReplyCode, p.returned.ReplyText))
 	default:
@@ -559,6 +571,9 @@ type batch struct {
 	// offline, when set, says why a message was not sent when its
 	// context ended.
 	offline func() string
+	// acceptUnroutable, when set, counts the messages the broker returned
+	// as unroutable, which then succeed (?unroutable=accept).
+	acceptUnroutable *atomic.Uint64
 }
 
 type msgState struct {

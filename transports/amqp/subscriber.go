@@ -9,12 +9,14 @@ import (
 	"math"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/tidwall/gjson"
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/logkeys"
@@ -22,8 +24,8 @@ import (
 )
 
 // NewSubscriber returns a subscriber for one subscription group. Its
-// Subscribe(ctx, pattern) declares the group's durable queue, binds it to
-// the exchange with the pattern and consumes it with a prefetch of
+// Subscribe(ctx, pattern) declares the group's durable queue and exchange,
+// binds them (see changePattern) and consumes the queue with a prefetch of
 // cfg.Concurrency, so that many messages are in flight at once.
 func (t *Transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscriber, error) {
 	if t.isClosed() {
@@ -32,8 +34,14 @@ func (t *Transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscrib
 	if cfg.Group == "" {
 		return nil, errors.New("amqp transport: subscriber without a group")
 	}
-	if len(cfg.Group) > 255 {
-		return nil, fmt.Errorf("amqp transport: group %q is %d bytes long; RabbitMQ queue names are limited to 255", cfg.Group, len(cfg.Group))
+	if q := t.queueName(cfg.Group); len(q) > maxName {
+		return nil, fmt.Errorf("amqp transport: queue name %q is %d bytes long; RabbitMQ queue names are limited to %d: shorten the subscription's name", q, len(q), maxName)
+	}
+	if strings.Contains(cfg.Group, helperMark) {
+		return nil, fmt.Errorf("amqp transport: subscription group %q contains %q, which the transport reserves for the names of the objects it adds to a subscription's queue (its lock and its temporary exchange); rename the subscription", cfg.Group, helperMark)
+	}
+	if t.queueName(cfg.Group) == t.opts.exchange {
+		return nil, fmt.Errorf("amqp transport: subscription group %q would have the name of the topic exchange %q for its own exchange; choose another subscription name or ?exchange=", cfg.Group, t.opts.exchange)
 	}
 	if cfg.Concurrency < 1 {
 		cfg.Concurrency = 1
@@ -80,7 +88,7 @@ func (s *subscriber) Subscribe(ctx context.Context, pattern string) (<-chan *mes
 	}
 	s.loops.Add(1)
 	s.mu.Unlock()
-	c, err := s.setupRetry(ctx, pattern)
+	c, err := s.setupRetry(ctx, pattern, true)
 	if err != nil {
 		s.loops.Done()
 		return nil, fmt.Errorf("amqp transport: subscribing %s to %q: %w", s.cfg.Group, pattern, err)
@@ -100,8 +108,9 @@ type consumer struct {
 // setupRetry sets up a consumer within ctx (and the subscriber's life),
 // retrying with backoff while the connection is down or drops; other
 // failures (a queue declared with other arguments, a refused permission,
-// no answer from a frozen broker before ctx ended) are returned.
-func (s *subscriber) setupRetry(ctx context.Context, pattern string) (*consumer, error) {
+// no answer from a frozen broker before ctx ended) are returned. first is
+// set for the setup of Subscribe; see setup.
+func (s *subscriber) setupRetry(ctx context.Context, pattern string, first bool) (*consumer, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(s.life, cancel)
@@ -118,7 +127,7 @@ func (s *subscriber) setupRetry(ctx context.Context, pattern string) (*consumer,
 			}
 			return nil, err
 		}
-		c, err := s.setup(ctx, conn, pattern)
+		c, err := s.setup(ctx, conn, pattern, first)
 		if err == nil {
 			return c, nil
 		}
@@ -138,40 +147,84 @@ func (s *subscriber) setupRetry(ctx context.Context, pattern string) (*consumer,
 	}
 }
 
-func (s *subscriber) setup(ctx context.Context, conn *amqp091.Connection, pattern string) (*consumer, error) {
-	ch, err := s.t.channelOn(ctx, conn)
-	if err != nil {
-		return nil, err
+// setup declares the subscription's topology (see changePattern) and
+// starts a consumer. The first setup, that of Subscribe, gives the
+// subscription's exchange this subscriber's pattern when it carries
+// another; later ones, after a connection loss, leave another pattern in
+// place, since it was set by an instance that subscribed later (a newer
+// deployment) and reverting it would make instances flip the binding back
+// and forth.
+func (s *subscriber) setup(ctx context.Context, conn *amqp091.Connection, pattern string, first bool) (*consumer, error) {
+	n := s.t.subNames(s.cfg.Group)
+	keepOther := false
+	for attempt := 1; ; attempt++ {
+		ch, err := s.t.channelOn(ctx, conn)
+		if err != nil {
+			return nil, err
+		}
+		tag := "eventbus-" + watermill.NewShortUUID()
+		var d <-chan amqp091.Delivery
+		err = s.t.within(ctx, ch, fmt.Sprintf("setting up the consumer of queue %q", n.queue), func() error {
+			if err := ch.Qos(s.cfg.Concurrency, 0, false); err != nil {
+				return err
+			}
+			// Declare everything again on every (re)subscription: a consumer
+			// the broker cancelled because its queue was deleted comes back
+			// with its queue, bindings and exchanges.
+			if err := s.t.declareExchange(ch); err != nil {
+				return err
+			}
+			if err := s.t.declareQueue(ch, n.queue); err != nil {
+				return err
+			}
+			if keepOther {
+				if err := ch.QueueBind(n.queue, "", n.queue, false, nil); err != nil {
+					return fmt.Errorf("binding queue %q to its exchange: %w", n.queue, err)
+				}
+			} else {
+				if err := declareSubExchange(ch, n, pattern); err != nil {
+					return err
+				}
+				if err := bindSubscription(ch, n, pattern); err != nil {
+					return err
+				}
+				if first {
+					if err := unbindLegacy(ch, n, pattern); err != nil {
+						return err
+					}
+				}
+			}
+			var err error
+			if d, err = ch.Consume(n.queue, tag, false, false, false, false, nil); err != nil {
+				return fmt.Errorf("consuming queue %q: %w", n.queue, err)
+			}
+			return nil
+		})
+		if err == nil {
+			return &consumer{ch: ch, tag: tag, deliveries: d}, nil
+		}
+		if ctx.Err() == nil {
+			s.t.closeChannel(ctx, ch)
+		}
+		var ae *amqp091.Error
+		if errors.As(err, &ae) && ae.Code == amqp091.NotFound && attempt < 5 && ctx.Err() == nil {
+			// Another instance changing the pattern deleted the
+			// subscription's exchange between its declaration and its
+			// binding here: declare it again.
+			continue
+		}
+		if !errors.Is(err, errOtherPattern) || keepOther {
+			return nil, err
+		}
+		if !first {
+			s.t.log.Warn("amqp transport: another instance gave the subscription another pattern since this one subscribed; keeping it (restart this instance to bind its own pattern again)", "queue", n.queue, "pattern", pattern)
+			keepOther = true
+			continue
+		}
+		if err := s.t.changePattern(ctx, conn, n, pattern); err != nil {
+			return nil, err
+		}
 	}
-	tag := "eventbus-" + watermill.NewShortUUID()
-	var d <-chan amqp091.Delivery
-	err = s.t.within(ctx, ch, fmt.Sprintf("setting up the consumer of queue %q", s.cfg.Group), func() error {
-		if err := ch.Qos(s.cfg.Concurrency, 0, false); err != nil {
-			return err
-		}
-		// Declare everything again on every (re)subscription: a consumer
-		// the broker cancelled because its queue was deleted comes back
-		// with its queue, binding and exchange.
-		if err := s.t.declareExchange(ch); err != nil {
-			return err
-		}
-		if err := s.t.declareQueue(ch, s.cfg.Group); err != nil {
-			return err
-		}
-		if err := ch.QueueBind(s.cfg.Group, pattern, s.t.opts.exchange, false, nil); err != nil {
-			return fmt.Errorf("binding queue %q to exchange %q with %q: %w", s.cfg.Group, s.t.opts.exchange, pattern, err)
-		}
-		var err error
-		if d, err = ch.Consume(s.cfg.Group, tag, false, false, false, false, nil); err != nil {
-			return fmt.Errorf("consuming queue %q: %w", s.cfg.Group, err)
-		}
-		return nil
-	})
-	if err != nil {
-		s.t.closeChannel(ctx, ch)
-		return nil, err
-	}
-	return &consumer{ch: ch, tag: tag, deliveries: d}, nil
 }
 
 // run forwards deliveries to out and re-establishes the consumer when its
@@ -204,7 +257,7 @@ func (s *subscriber) run(pattern string, c *consumer, out chan<- *message.Messag
 		s.pause(delay)
 		delay = min(2*delay, 5*time.Second)
 		for {
-			next, err := s.setupRetry(s.life, pattern)
+			next, err := s.setupRetry(s.life, pattern, false)
 			if err == nil {
 				c = next
 				break
@@ -334,19 +387,51 @@ func (s *subscriber) Close() error {
 	return nil
 }
 
-// toMessage converts a delivery to a Watermill message. The UUID is the
-// message-id property, else the ce_id header, else a new UUID (a message
-// from a foreign client); headers that are not strings are converted.
+// toMessage converts a delivery to a Watermill message: the headers become
+// the metadata (values that are not strings converted, see headerString)
+// and the body the payload. It also reads what CloudEvents producers other
+// than the bus send, so that their events decode:
+//
+//   - attributes named with either prefix of the CloudEvents AMQP
+//     binding, "cloudEvents_" (which it prefers, for JMS) or "cloudEvents:"
+//     (which Spring Cloud Function's AMQP support writes), become "ce_"
+//     headers, unless a "ce_" header of the same attribute is present;
+//   - the content-type property, where the AMQP binding puts the data's
+//     content type (or "application/cloudevents+json" for structured
+//     mode), becomes the content-type header when there is none;
+//   - the correlation-id property becomes the correlation attribute when
+//     the message has none.
+//
+// The UUID is the message-id property, else the ce_id header, else the id
+// of a structured-mode body, else a new UUID.
 func toMessage(d *amqp091.Delivery) *message.Message {
 	md := make(message.Metadata, len(d.Headers))
 	for k, v := range d.Headers {
-		if s, ok := headerString(v); ok {
-			md[k] = s
+		s, ok := headerString(v)
+		if !ok {
+			continue
 		}
+		if name, ok := amqpBindingAttribute(k); ok {
+			ce := driver.AttributePrefix + name
+			if _, dup := d.Headers[ce]; !dup {
+				md[ce] = s
+			}
+			continue
+		}
+		md[k] = s
+	}
+	if _, ok := md[wire.ContentType]; !ok && d.ContentType != "" {
+		md[wire.ContentType] = d.ContentType
+	}
+	if _, ok := md[wire.CorrelationID]; !ok && d.CorrelationId != "" {
+		md[wire.CorrelationID] = d.CorrelationId
 	}
 	id := d.MessageId
 	if id == "" {
 		id = md[wire.ID]
+	}
+	if id == "" && strings.HasPrefix(md[wire.ContentType], driver.ContentTypeStructured) {
+		id = gjson.GetBytes(d.Body, "id").String()
 	}
 	if id == "" {
 		id = watermill.NewUUID()
@@ -354,6 +439,18 @@ func toMessage(d *amqp091.Delivery) *message.Message {
 	msg := message.NewMessage(id, d.Body)
 	msg.Metadata = md
 	return msg
+}
+
+// amqpBindingAttribute returns the attribute a header of the CloudEvents
+// AMQP binding names: "cloudEvents_id" and "cloudEvents:id" name "id".
+// The prefix is compared without regard to case.
+func amqpBindingAttribute(k string) (string, bool) {
+	const prefix = "cloudEvents_"
+	if len(k) <= len(prefix) || (k[len(prefix)-1] != '_' && k[len(prefix)-1] != ':') || (k[0] != 'c' && k[0] != 'C') ||
+		!strings.EqualFold(k[:len(prefix)-1], prefix[:len(prefix)-1]) {
+		return "", false
+	}
+	return k[len(prefix):], true
 }
 
 // headerString converts an AMQP header value to a string: strings as they

@@ -76,18 +76,42 @@ var amqp091Params = map[string]bool{
 // options are the transport's settings, read from the URL.
 type options struct {
 	exchange        string
+	prefix          string
 	quorum          bool
 	publishChannels int
 	maxMessageSize  int
+	// acceptUnroutable makes Publish accept, and count, events no
+	// subscription matches (?unroutable=accept).
+	acceptUnroutable bool
 }
+
+// maxPrefix is the longest ?prefix=, so that prefixed names of the
+// longest groups (a 100-byte service name) still fit AMQP's 255 bytes.
+const maxPrefix = 64
 
 func parseOptions(u *url.URL) (options, *url.URL, error) {
 	o := options{exchange: DefaultExchange, publishChannels: DefaultPublishChannels, maxMessageSize: DefaultMaxMessageSize}
 	q := u.Query()
+	exchangeSet := false
 	for k, vs := range q {
 		v := vs[0]
 		switch {
+		case k == "prefix":
+			if !validPrefix(v) {
+				return o, nil, fmt.Errorf("amqp transport: prefix=%q must be 1 to %d letters, digits, '_' or '-' (like a service name: no '.' or ':', so that prefixed names never equal another prefix's)", v, maxPrefix)
+			}
+			o.prefix = v
+		case k == "unroutable":
+			switch v {
+			case "error", "":
+				o.acceptUnroutable = false
+			case "accept":
+				o.acceptUnroutable = true
+			default:
+				return o, nil, fmt.Errorf("amqp transport: unroutable=%q must be error (Publish fails with ErrUnroutable for an event no subscription matches) or accept (Publish accepts and counts it)", v)
+			}
 		case k == "exchange":
+			exchangeSet = true
 			if v == "" || len(v) > 255 {
 				return o, nil, fmt.Errorf("amqp transport: exchange=%q must be 1 to 255 bytes", v)
 			}
@@ -116,13 +140,32 @@ func parseOptions(u *url.URL) (options, *url.URL, error) {
 		case amqp091Params[k]:
 			continue
 		default:
-			return o, nil, fmt.Errorf("amqp transport: unknown URL parameter %q (known: exchange, queue_type, publish_channels, max_message_size, heartbeat, connection_timeout, channel_max, certfile, keyfile, cacertfile, server_name_indication)", k)
+			return o, nil, fmt.Errorf("amqp transport: unknown URL parameter %q (known: exchange, prefix, unroutable, queue_type, publish_channels, max_message_size, heartbeat, connection_timeout, channel_max, certfile, keyfile, cacertfile, server_name_indication)", k)
 		}
 		q.Del(k)
+	}
+	if o.prefix != "" && !exchangeSet {
+		o.exchange = o.prefix + sep + DefaultExchange
 	}
 	dial := *u
 	dial.RawQuery = q.Encode()
 	return o, &dial, nil
+}
+
+// validPrefix reports whether p can namespace the transport's names: the
+// characters of a service name, so that "<prefix>:" is never part of a
+// service name or of another prefix.
+func validPrefix(p string) bool {
+	if p == "" || len(p) > maxPrefix {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // Transport is the RabbitMQ transport; see the package documentation. It
@@ -142,6 +185,9 @@ type Transport struct {
 	closeErr error
 	host     string // of the broker, for Describe
 	port     string
+	// unroutable counts the events Publish accepted with no subscription
+	// matching them (?unroutable=accept).
+	unroutable atomic.Uint64
 }
 
 var _ driver.Transport = (*Transport)(nil)
@@ -214,7 +260,7 @@ func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 	}
 	t.msgCtx, t.msgStop = context.WithCancel(context.Background())
 	t.pub = newPublisher(t)
-	t.poison = &poisonQueue{t: t, name: PoisonQueueName(cfg.ServiceName)}
+	t.poison = &poisonQueue{t: t, name: t.poisonName(cfg.ServiceName)}
 	return t, nil
 }
 
@@ -259,8 +305,9 @@ func checkURL(u *url.URL) error {
 	return nil
 }
 
-// PoisonQueueName returns the name of a service's poison queue,
-// "poison:<service>".
+// PoisonQueueName returns the name of a service's poison queue without a
+// prefix, "poison:<service>"; with ?prefix= it is
+// "<prefix>:poison:<service>".
 func PoisonQueueName(service string) string { return "poison:" + service }
 
 // System is the transport's "messaging.system" in the bus's telemetry:
@@ -288,21 +335,30 @@ func (t *Transport) Exchange() string { return t.opts.exchange }
 // Publisher returns the transport's publisher; see [Publisher].
 func (t *Transport) Publisher() message.Publisher { return t.pub }
 
-// PoisonQueue returns the service's poison queue, "poison:<service>".
+// PoisonQueue returns the service's poison queue, "poison:<service>"
+// ("<prefix>:poison:<service>" with ?prefix=).
 func (t *Transport) PoisonQueue() (driver.PoisonQueue, error) { return t.poison, nil }
+
+// UnroutableAccepted returns how many events Publish accepted although no
+// subscription matched them, since the transport opened: always 0 unless
+// the URL says ?unroutable=accept. It implements
+// driver.UnroutableCounter.
+func (t *Transport) UnroutableAccepted() uint64 { return t.unroutable.Load() }
+
+var _ driver.UnroutableCounter = (*Transport)(nil)
 
 // Redeliver publishes msgs to the queue of one subscription group through
 // the default exchange, so that no other subscription receives them, with
 // the same confirms and limits as Publish. A group whose queue does not
-// exist makes the messages unroutable. It returns by ctx's deadline,
-// whatever the messages' own contexts.
+// exist makes the messages unroutable, whatever ?unroutable= says. It
+// returns by ctx's deadline, whatever the messages' own contexts.
 func (t *Transport) Redeliver(ctx context.Context, group string, msgs ...*message.Message) error {
 	for _, m := range msgs {
 		if m.Context() == context.Background() {
 			m.SetContext(ctx)
 		}
 	}
-	return t.pub.publish(ctx, "", group, msgs)
+	return t.pub.publish(ctx, "", t.queueName(group), msgs)
 }
 
 // Close cancels the contexts of messages still being handled, fails

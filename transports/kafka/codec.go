@@ -2,11 +2,14 @@ package kafka
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/IBM/sarama"
 	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/tidwall/gjson"
 
+	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/wire"
 )
 
@@ -31,12 +34,14 @@ func (Marshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMe
 	return encode(topic, msg), nil
 }
 
-// Unmarshal converts a record to a message; see [Marshaler].
+// Unmarshal converts a record to a message; see [Marshaler]. Like the
+// transport's subscribers, it takes the record key as the partition key
+// of an event without a "ce_partitionkey" header.
 func (Marshaler) Unmarshal(rec *sarama.ConsumerMessage) (*message.Message, error) {
 	if rec == nil {
 		return nil, fmt.Errorf("kafka transport: nil record")
 	}
-	return decode(rec), nil
+	return decodeEvent(rec), nil
 }
 
 func encode(topic string, msg *message.Message) *sarama.ProducerMessage {
@@ -107,6 +112,48 @@ func decode(rec *sarama.ConsumerMessage) *message.Message {
 	msg := message.NewMessage(uuid, rec.Value)
 	msg.Metadata = md
 	return msg
+}
+
+// decodeEvent converts a record of an event topic to a message, as decode
+// does, and takes the record key as the partition key when the record has
+// no "ce_partitionkey" header: the CloudEvents Kafka binding maps the
+// partitionkey extension to the key, and producers that know nothing of
+// the extension (kcat, a CloudEvents SDK without it) still key their
+// records. Poison records are read with decode, since their key is the
+// poison topic's own.
+func decodeEvent(rec *sarama.ConsumerMessage) *message.Message {
+	msg := decode(rec)
+	if len(rec.Key) > 0 {
+		if _, ok := msg.Metadata[wire.PartitionKey]; !ok {
+			msg.Metadata[wire.PartitionKey] = string(rec.Key)
+		}
+	}
+	return msg
+}
+
+// eventName returns the event name of a record for the subscription
+// filter: its "ce_type" header or, for a CloudEvent in structured content
+// mode, the "type" attribute of its body. A record without a name is
+// delivered, so that the bus moves it to the poison queue as undecodable.
+func eventName(rec *sarama.ConsumerMessage) (string, bool) {
+	var ct string
+	for _, h := range rec.Headers {
+		if h == nil {
+			continue
+		}
+		switch string(h.Key) {
+		case wire.Type:
+			return string(h.Value), true
+		case wire.ContentType:
+			ct = string(h.Value)
+		}
+	}
+	if strings.HasPrefix(strings.ToLower(ct), driver.ContentTypeStructured) {
+		if t := gjson.GetBytes(rec.Value, "type"); t.Type == gjson.String {
+			return t.Str, true
+		}
+	}
+	return "", false
 }
 
 // header returns the value of a record header.

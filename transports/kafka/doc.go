@@ -14,9 +14,11 @@
 // therefore maps event names to topics and matches each record's "ce_type"
 // header against the subscription's pattern in Go, with the RabbitMQ
 // topic-exchange semantics of eventbus.Pattern (driver.SubscriberConfig.Match). Records that do not match
-// are acknowledged (their offsets committed) without reaching the bus;
-// records without a "ce_type" header (written by foreign producers) are
-// delivered, so the bus moves them to the poison queue as undecodable.
+// are acknowledged (their offsets committed) without reaching the bus. The
+// name is the "ce_type" header or, for a CloudEvent in structured content
+// mode (content-type application/cloudevents+json), the "type" attribute
+// of its JSON body; records with neither are delivered, so the bus moves
+// them to the poison queue as undecodable.
 //
 // mapping=single (the default) puts every event of the namespace in one
 // topic, "<prefix>.events" ("events" without a prefix). Every pattern
@@ -77,10 +79,17 @@
 // # Publishing
 //
 // On the wire a record's headers are the CloudEvents "ce_" attributes of
-// the Kafka binding (see eventbus.EncodeMessage), its value the event's
-// JSON data and its key the event's PartitionKey, so events of one key go
-// to one partition and keep their order. Events without a key are spread
-// over the partitions.
+// the Kafka binding (see driver.Encode), its value the event's JSON data
+// and its key the event's PartitionKey, so events of one key go to one
+// partition and keep their order. Events without a key are spread over
+// the partitions. A record without a "ce_partitionkey" header (from a
+// producer that keys records but knows nothing of the extension) gets its
+// key as the event's PartitionKey.
+//
+// Publish never fails with driver.ErrUnroutable: Kafka has no routing, so
+// an event that no subscription matches stays in its topic for the
+// retention period, and a subscription created later reads it (new
+// consumer groups start at the oldest offset).
 //
 // All Publish calls share one Sarama AsyncProducer with acks from all
 // in-sync replicas (WaitForAll), one request in flight per broker (order

@@ -13,7 +13,6 @@ import (
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/blocking"
 	"github.com/paissive/go-eventbus/internal/logkeys"
-	"github.com/paissive/go-eventbus/internal/wire"
 )
 
 // NewSubscriber returns a subscriber for one subscription group; see
@@ -279,12 +278,12 @@ func (h *handler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.Co
 		}
 		tr.add(rec.Offset)
 		if !replay {
-			if name, has := header(rec, wire.Type); has && !c.match(name) {
+			if name, has := eventName(rec); has && !c.match(name) {
 				tr.settle(rec.Offset)
 				continue
 			}
 		}
-		msg := decode(rec)
+		msg := decodeEvent(rec)
 		if !c.deliver(sess, msg) {
 			return nil
 		}
@@ -348,7 +347,7 @@ func (c *consumer) settle(sess sarama.ConsumerGroupSession, tr *tracker, rec *sa
 			return
 		}
 		delay = min(2*delay, 10*time.Second)
-		msg = decode(rec)
+		msg = decodeEvent(rec)
 		if !c.deliver(sess, msg) {
 			return
 		}

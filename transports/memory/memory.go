@@ -7,7 +7,15 @@
 //
 // Buses opened with the same URL host share one broker: "mem://" is the
 // process-wide default, "mem://name" a separate one (tests use a fresh name
-// each). The query parameter buffer (default 1024) sets how many events a
+// each).
+//
+// Publish fails an event no subscription group matches with
+// driver.ErrUnroutable, as the RabbitMQ transport does; with the query
+// parameter unroutable=accept it accepts such an event, which nobody
+// receives, and counts it (the transport implements
+// driver.UnroutableCounter).
+//
+// The query parameter buffer (default 1024) sets how many events a
 // subscription group holds before Publish blocks: back-pressure instead of
 // unbounded memory. A group that nobody consumes any more therefore blocks
 // publishers of its events once full, until their ctx ends, as a RabbitMQ
@@ -90,14 +98,22 @@ func open(_ context.Context, cfg driver.Config) (driver.Transport, error) {
 		}
 		buffer = n
 	}
+	accept := false
+	switch v := q.Get("unroutable"); v {
+	case "", "error":
+	case "accept":
+		accept = true
+	default:
+		return nil, fmt.Errorf("memory transport: unroutable=%q must be error (Publish fails with ErrUnroutable for an event no subscription matches) or accept (Publish accepts and counts it)", v)
+	}
 	for k := range q {
-		if k != "buffer" {
-			return nil, fmt.Errorf("memory transport: unknown URL parameter %q (known: buffer)", k)
+		if k != "buffer" && k != "unroutable" {
+			return nil, fmt.Errorf("memory transport: unknown URL parameter %q (known: buffer, unroutable)", k)
 		}
 	}
 	name := brokerName(u)
 	ctx, cancel := context.WithCancel(context.Background())
-	t := &transport{b: getBroker(name, buffer), service: cfg.ServiceName, ctx: ctx, cancel: cancel, opened: time.Now()}
+	t := &transport{b: getBroker(name, buffer), service: cfg.ServiceName, ctx: ctx, cancel: cancel, opened: time.Now(), acceptUnroutable: accept}
 	t.pub = &publisher{t: t}
 	return t, nil
 }
@@ -312,6 +328,10 @@ type transport struct {
 	cancel context.CancelFunc
 	closed atomic.Bool
 	opened time.Time
+	// acceptUnroutable makes Publish accept events no group matches
+	// (?unroutable=accept), counting them in unroutable.
+	acceptUnroutable bool
+	unroutable       atomic.Uint64
 }
 
 // System is the transport's "messaging.system" in the bus's telemetry.
@@ -326,7 +346,13 @@ func (t *transport) Connectivity() driver.Connectivity {
 	return driver.Connectivity{Connected: !t.closed.Load(), Since: t.opened}
 }
 
+var _ driver.UnroutableCounter = (*transport)(nil)
+
 func (t *transport) Publisher() message.Publisher { return t.pub }
+
+// UnroutableAccepted returns how many events Publish accepted with no
+// group matching them; see driver.UnroutableCounter.
+func (t *transport) UnroutableAccepted() uint64 { return t.unroutable.Load() }
 
 func (t *transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscriber, error) {
 	if cfg.Group == "" {
@@ -377,12 +403,18 @@ func (t *transport) Close() error {
 type publisher struct{ t *transport }
 
 // Publish enqueues each message in every group whose patterns match topic.
+// A message no group matches fails with driver.ErrUnroutable, or with
+// ?unroutable=accept is dropped and counted.
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 	t := p.t
 	if t.closed.Load() {
 		return errClosed
 	}
 	groups := t.b.route(topic)
+	if len(groups) == 0 && t.acceptUnroutable {
+		t.unroutable.Add(uint64(len(msgs)))
+		return nil
+	}
 	var failed []driver.Failure
 	for _, m := range msgs {
 		if len(groups) == 0 {
