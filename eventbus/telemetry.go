@@ -94,8 +94,8 @@ type telemetry struct {
 	// noop reports whether the tracer is a no-op now; see noopTracing.
 	noop func() bool
 	prop propagation.TextMapPropagator
-	// fields are the wire headers the propagator writes, removed from
-	// every published message before it injects (see startPublish).
+	// fields are the wire headers the propagator writes, replaced in a
+	// published message when it injects (see inject).
 	fields []string
 	base   []attribute.KeyValue // messaging.system, server.address, server.port
 	log    *slog.Logger
@@ -305,12 +305,28 @@ func (t *telemetry) startPublish(ctx context.Context, msg *message.Message) trac
 			span.SetAttributes(attrCausationID.String(c))
 		}
 	}
-	for _, f := range t.fields {
-		delete(msg.Metadata, f)
-	}
-	t.prop.Inject(ctx, carrier(msg.Metadata))
+	t.inject(ctx, msg.Metadata)
 	msg.SetContext(ctx)
 	return span
+}
+
+// inject writes the trace context of ctx into md, replacing the trace
+// headers the event carried (a handler republishing the event it received
+// sends its own span's context, not that event's). When the propagator has
+// nothing to write (no SDK, no span), the event's own trace headers stay:
+// the event passes through this service as if it were not there.
+func (t *telemetry) inject(ctx context.Context, md message.Metadata) {
+	fresh := make(message.Metadata, len(t.fields))
+	t.prop.Inject(ctx, carrier(fresh))
+	if len(fresh) == 0 {
+		return
+	}
+	for _, f := range t.fields {
+		delete(md, f)
+	}
+	for k, v := range fresh {
+		md[k] = v
+	}
 }
 
 // endPublish ends the spans of msgs, published together by one call of

@@ -26,8 +26,8 @@ func staleMessage() *message.Message {
 }
 
 // TestPublishReplacesTraceContext: the bus writes the publishing span's
-// context over the one an event carried, and removes it when there is no
-// span to write.
+// context over the one an event carried, and passes the event's own
+// through when it has nothing to write.
 func TestPublishReplacesTraceContext(t *testing.T) {
 	tp := sdktrace.NewTracerProvider()
 	defer tp.Shutdown(context.Background())
@@ -50,16 +50,16 @@ func TestPublishReplacesTraceContext(t *testing.T) {
 		t.Error("the message's ctx does not carry the publish span")
 	}
 
-	// No SDK, no span in the ctx: nothing to propagate, and nothing stale
-	// either.
+	// No SDK, no span in the ctx: nothing to propagate, so the event's
+	// own trace context passes through unchanged.
 	tr, err = newTelemetry(Config{Logger: discard()}, driver.Description{System: "test"}, nopTransport{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	msg = staleMessage()
 	tr.startPublish(context.Background(), msg).End()
-	if v, ok := msg.Metadata[wire.TraceParent]; ok {
-		t.Errorf("ce_traceparent = %q, want none", v)
+	if v := msg.Metadata[wire.TraceParent]; v != stale || msg.Metadata[wire.TraceState] != "old=1" {
+		t.Errorf("ce_traceparent = %q, ce_tracestate = %q; want the event's own passed through", v, msg.Metadata[wire.TraceState])
 	}
 }
 

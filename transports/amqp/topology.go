@@ -52,7 +52,9 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 			known[s.Name] = s
 		}
 	}
-	prefix := q.Service + "."
+	// The service's queues are "<prefix>:<service>.<subscription>" (see
+	// QueueName); helper objects carry helperMark in their names.
+	prefix := t.queueName(q.Service + ".")
 
 	ex := driver.TopologyObject{Kind: driver.KindExchange, Name: t.opts.exchange, Messages: -1, Consumers: -1}
 	if ok, err := t.lookupExchange(ctx, t.opts.exchange); err != nil {
@@ -68,24 +70,32 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 		if err != nil {
 			return nil, err
 		}
+		// A subscription's queue is bound to its own exchange (of the same
+		// name), which the topic exchange binds with the pattern; a queue
+		// bound to the topic exchange directly is the topology of earlier
+		// versions, still read.
 		bound := map[string][]string{}  // queue -> patterns from this exchange
 		others := map[string][]string{} // queue -> other exchanges binding it
+		viaOwn := map[string]bool{}     // queue -> bound to its own exchange
 		for _, b := range list.bindings {
-			if b.DestinationKind != "queue" || b.Source == "" {
+			if b.Source == "" {
 				continue
 			}
-			if b.Source == t.opts.exchange {
+			switch {
+			case b.Source == t.opts.exchange:
 				bound[b.Destination] = append(bound[b.Destination], b.RoutingKey)
-			} else {
+			case b.DestinationKind == "queue" && b.Source == b.Destination:
+				viaOwn[b.Destination] = true
+			case b.DestinationKind == "queue":
 				others[b.Destination] = append(others[b.Destination], b.Source)
 			}
 		}
 		seen := map[string]bool{}
 		for _, lq := range list.queues {
-			if !strings.HasPrefix(lq.Name, prefix) {
+			if !strings.HasPrefix(lq.Name, prefix) || strings.Contains(lq.Name, helperMark) {
 				continue
 			}
-			if _, ours := bound[lq.Name]; !ours && len(others[lq.Name]) > 0 {
+			if _, ours := bound[lq.Name]; !ours && !viaOwn[lq.Name] && len(others[lq.Name]) > 0 {
 				continue // a queue of the same name of another exchange's application
 			}
 			sub := strings.TrimPrefix(lq.Name, prefix)
@@ -100,13 +110,13 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 			case len(known) > 0 && !isKnown:
 				o.Orphan, o.Note = true, "no subscription of the service has this name: a renamed or removed subscription whose queue still collects events; delete it once drained"
 			case isKnown && ref.Pattern != "" && !(len(o.Bindings) == 1 && o.Bindings[0] == ref.Pattern):
-				o.Orphan, o.Note = true, fmt.Sprintf("bound with %s, not only with the subscription's pattern %s: a binding left by an old pattern delivers events the subscription does not want; remove it (rabbitmqctl or the management UI: unbind)", strings.Join(o.Bindings, ", "), ref.Pattern)
+				o.Orphan, o.Note = true, fmt.Sprintf("bound with %s, not only with the subscription's pattern %s: the next start of the subscription replaces its exchange's binding; a direct binding left by an earlier version must be removed by hand (rabbitmqctl or the management UI: unbind)", strings.Join(o.Bindings, ", "), ref.Pattern)
 			}
 			subs = append(subs, o)
 		}
 		for _, s := range q.Subscriptions {
 			if !seen[s.Name] && !s.Hint {
-				subs = append(subs, missingQueue(q.Service, s))
+				subs = append(subs, t.missingQueue(q.Service, s))
 				seen[s.Name] = true
 			}
 		}
@@ -117,7 +127,7 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 				continue
 			}
 			seen[s.Name] = true
-			o, err := t.lookupQueue(ctx, prefix+s.Name)
+			o, err := t.lookupQueue(ctx, t.queueName(q.Service+"."+s.Name))
 			if err != nil {
 				return nil, err
 			}
@@ -126,7 +136,7 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 			case o.Missing && s.Hint:
 				continue // named by an old poison record: gone, as it may be
 			case o.Missing:
-				o = missingQueue(q.Service, s)
+				o = t.missingQueue(q.Service, s)
 			case s.Pattern != "" && s.Hint:
 				o.Note = "found in poison records, which name the pattern " + s.Pattern
 			case s.Pattern != "":
@@ -140,7 +150,7 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 	sort.SliceStable(subs, func(i, j int) bool { return subs[i].Name < subs[j].Name })
 	top.Objects = append(top.Objects, subs...)
 
-	po, err := t.lookupQueue(ctx, PoisonQueueName(q.Service))
+	po, err := t.lookupQueue(ctx, t.poisonName(q.Service))
 	if err != nil {
 		return nil, err
 	}
@@ -152,8 +162,8 @@ func (t *Transport) Topology(ctx context.Context, q driver.TopologyQuery) (*driv
 	return top, nil
 }
 
-func missingQueue(service string, s driver.SubscriptionRef) driver.TopologyObject {
-	return driver.TopologyObject{Kind: driver.KindQueue, Name: service + "." + s.Name, Subscription: s.Name, Messages: -1, Consumers: -1,
+func (t *Transport) missingQueue(service string, s driver.SubscriptionRef) driver.TopologyObject {
+	return driver.TopologyObject{Kind: driver.KindQueue, Name: t.queueName(service + "." + s.Name), Subscription: s.Name, Messages: -1, Consumers: -1,
 		Missing: true, Note: "no such queue: the subscription has not started on this broker (or its name is wrong); events published until it starts do not reach it"}
 }
 
