@@ -13,13 +13,16 @@ import (
 // Faults breaks the path between a transport and its broker, for the
 // suite's fault tests. A transport's test provides it through
 // [Harness.Faulty], typically with a loopback proxy in front of the broker
-// (or a wrapper around an in-process broker's listener).
+// (internal/faultnet.Proxy) or a wrapper around an in-process broker's
+// listener (internal/faultnet.Listener, given to kfake).
 type Faults interface {
 	// Cut closes every connection and refuses new ones, as when the broker
-	// process dies.
+	// process dies: the transport sees errors at once.
 	Cut()
 	// Stall keeps connections open but moves no byte, and accepts new
-	// connections without answering, as when the broker is frozen.
+	// connections without answering, as when the broker is frozen or
+	// unreachable behind a firewall that drops packets: the transport sees
+	// nothing but silence, and only deadlines end its calls.
 	Stall()
 	// Heal ends a cut or a stall.
 	Heal()

@@ -17,8 +17,10 @@ import (
 	"github.com/paissive/go-eventbus/eventbus/driver"
 )
 
-// Run runs the whole suite against the transport the harness reaches. Each
-// test opens its own buses on a fresh URL with fresh service names.
+// Run runs the whole suite against the transport the harness reaches, one
+// subtest per test (see the package documentation for what each checks).
+// Each test opens its own transports and buses on a fresh URL with fresh
+// service names, and closes them when it ends.
 func Run(t *testing.T, h Harness) {
 	t.Helper()
 	if h.URL == nil {
