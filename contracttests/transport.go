@@ -77,7 +77,7 @@ func (l *ledger) duplicates() int {
 // message, never with a nil message.
 type tsub struct {
 	e     *env
-	label string // "group" or "group#2", for messages
+	label string // the group, for messages
 	cfg   driver.SubscriberConfig
 	sub   message.Subscriber
 	ch    <-chan *message.Message
