@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
@@ -12,13 +13,16 @@ import (
 // Faults breaks the path between a transport and its broker, for the
 // suite's fault tests. A transport's test provides it through
 // [Harness.Faulty], typically with a loopback proxy in front of the broker
-// (or a wrapper around an in-process broker's listener).
+// (internal/faultnet.Proxy) or a wrapper around an in-process broker's
+// listener (internal/faultnet.Listener, given to kfake).
 type Faults interface {
 	// Cut closes every connection and refuses new ones, as when the broker
-	// process dies.
+	// process dies: the transport sees errors at once.
 	Cut()
 	// Stall keeps connections open but moves no byte, and accepts new
-	// connections without answering, as when the broker is frozen.
+	// connections without answering, as when the broker is frozen or
+	// unreachable behind a firewall that drops packets: the transport sees
+	// nothing but silence, and only deadlines end its calls.
 	Stall()
 	// Heal ends a cut or a stall.
 	Heal()
@@ -89,22 +93,21 @@ func testCallsBoundedWhileStalled(e *env) {
 
 	f.Stall()
 	ev := e.event("stall.during", nil)
-	took, err := e.bounded("Publish while the broker is frozen", faultDeadline, func(ctx context.Context) error { return b.Publish(ctx, ev) })
+	errs := e.boundedAll(
+		boundedCall{"Publish while the broker is frozen", faultDeadline, func(ctx context.Context) error { return b.Publish(ctx, ev) }},
+		boundedCall{"Poisoned while the broker is frozen", faultDeadline, func(ctx context.Context) error {
+			_, err := b.Poisoned(ctx, eventbus.PoisonFilter{})
+			return err
+		}},
+		boundedCall{"Replay while the broker is frozen", faultDeadline, func(ctx context.Context) error {
+			_, err := b.Replay(ctx, eventbus.PoisonFilter{})
+			return err
+		}},
+	)
 	var pe *eventbus.PublishError
-	if err != nil && (!errors.As(err, &pe) || len(pe.Failed) != 1 || pe.Failed[0].ID != ev.ID) {
+	if err := errs[0]; err != nil && (!errors.As(err, &pe) || len(pe.Failed) != 1 || pe.Failed[0].ID != ev.ID) {
 		e.t.Errorf("Publish while frozen: %v; want nil or a *PublishError naming the event", err)
 	}
-	e.t.Logf("Publish while frozen returned after %v: %v", took.Round(time.Millisecond), err)
-	_, err = e.bounded("Poisoned while the broker is frozen", faultDeadline, func(ctx context.Context) error {
-		_, err := b.Poisoned(ctx, eventbus.PoisonFilter{})
-		return err
-	})
-	e.t.Logf("Poisoned while frozen: %v", err)
-	_, err = e.bounded("Replay while the broker is frozen", faultDeadline, func(ctx context.Context) error {
-		_, err := b.Replay(ctx, eventbus.PoisonFilter{})
-		return err
-	})
-	e.t.Logf("Replay while frozen: %v", err)
 
 	f.Heal()
 	e.roundTrip(b, r, "stall.after")
@@ -115,7 +118,7 @@ func testCallsBoundedWhileStalled(e *env) {
 	e.start(c)
 	f.Stall()
 	defer f.Heal()
-	took, err = e.bounded("Close while the broker is frozen", faultDeadline, func(ctx context.Context) error { return c.Close(ctx) })
+	took, err := e.bounded("Close while the broker is frozen", faultDeadline, func(ctx context.Context) error { return c.Close(ctx) })
 	e.t.Logf("Close while frozen returned after %v: %v", took.Round(time.Millisecond), err)
 }
 
@@ -142,14 +145,16 @@ func testCallsBoundedWhileDown(e *env) {
 	r := newRecorder()
 	e.subscribe(b, "down.#", r.handle)
 	f.Cut()
-	_, err = e.bounded("Start while the broker is down", faultDeadline, func(ctx context.Context) error { return b.Start(ctx) })
-	if err == nil {
+	ev := e.event("down.during", nil)
+	errs := e.boundedAll(
+		boundedCall{"Start while the broker is down", faultDeadline, func(ctx context.Context) error { return b.Start(ctx) }},
+		boundedCall{"Publish while the broker is down", faultDeadline, func(ctx context.Context) error { return b.Publish(ctx, ev) }},
+	)
+	if errs[0] == nil {
 		e.t.Log("Start succeeded while the broker was down (the transport had the subscription ready)")
 	}
-	ev := e.event("down.during", nil)
-	_, err = e.bounded("Publish while the broker is down", faultDeadline, func(ctx context.Context) error { return b.Publish(ctx, ev) })
-	if err == nil {
-		e.t.Log("Publish succeeded while the broker was down")
+	if errs[1] == nil {
+		e.t.Errorf("Publish while the broker is down returned nil: the broker cannot have accepted the event")
 	}
 	f.Heal()
 	e.start(b)
@@ -199,4 +204,44 @@ func ids(evs []eventbus.Event) []string {
 		out[i] = ev.ID
 	}
 	return out
+}
+
+// boundedCall is one call for boundedAll: f gets a ctx of d and must
+// return by d plus faultMargin.
+type boundedCall struct {
+	what string
+	d    time.Duration
+	f    func(ctx context.Context) error
+}
+
+// boundedAll runs independent calls at once (each is bounded on its own,
+// so running them together keeps a fault test as short as its longest
+// call) and returns their errors; it fails the test, naming every call
+// that had not returned by its deadline plus faultMargin.
+func (e *env) boundedAll(calls ...boundedCall) []error {
+	e.t.Helper()
+	errs := make([]error, len(calls))
+	dones := make([]chan error, len(calls))
+	start := time.Now()
+	for i, c := range calls {
+		dones[i] = make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), c.d)
+			defer cancel()
+			dones[i] <- c.f(ctx)
+		}()
+	}
+	var late []string
+	for i, c := range calls {
+		select {
+		case errs[i] = <-dones[i]:
+			e.t.Logf("%s returned after %v: %v", c.what, time.Since(start).Round(time.Millisecond), errs[i])
+		case <-time.After(time.Until(start.Add(c.d + faultMargin))):
+			late = append(late, fmt.Sprintf("%s (ctx of %v)", c.what, c.d))
+		}
+	}
+	if len(late) > 0 {
+		e.t.Fatalf("not returned by their ctx's deadline plus %v while the broker is down or frozen: %s", faultMargin, strings.Join(late, "; "))
+	}
+	return errs
 }

@@ -1,16 +1,3 @@
-// Package contracttests is the conformance suite for go-eventbus transports:
-// a transport that passes Run behaves, through the Bus, like the built-in
-// ones (same pattern semantics, fan-out, competing consumers, redelivery,
-// poison queue, correlation, graceful close).
-//
-// A transport's own test calls it with a Harness that hands out broker URLs:
-//
-//	func TestContract(t *testing.T) {
-//		contracttests.Run(t, contracttests.Harness{
-//			Name: "memory",
-//			URL:  func(t testing.TB) string { return "mem://" + t.Name() },
-//		})
-//	}
 package contracttests
 
 import (
@@ -34,17 +21,24 @@ type Harness struct {
 
 	// RetainsUnroutable is true for transports that keep events no
 	// subscription matches (Kafka appends them to a topic) instead of
-	// reporting eventbus.ErrUnroutable from Publish.
+	// reporting eventbus.ErrUnroutable from Publish. The Unroutable test is
+	// then skipped, and only the fault tests (PublishErrorWhileDown) can
+	// provoke a publish error: provide Faulty too.
 	RetainsUnroutable bool
 
 	// Faulty, when set, returns a URL for one test whose path to the
 	// broker goes through a fault injector the test controls (a loopback
-	// proxy that can cut or stall the connection), so that the suite can
-	// check what the transport does while the broker is down or frozen.
-	// Without it those tests are skipped, saying why.
+	// proxy that can cut or stall the connection, a wrapper around an
+	// in-process broker's listener), so that the suite can check what the
+	// transport does while the broker is down or frozen: publish errors,
+	// calls bounded by their ctx, reconnection. Each call must return a
+	// broker namespace of its own, like URL. Without it those tests are
+	// skipped, saying why.
 	Faulty func(t testing.TB) (url string, f Faults)
 
-	// Timeout bounds each wait in the suite; zero means 30 seconds.
+	// Timeout bounds each wait in the suite; zero means 30 seconds. A
+	// transport that never delivers what a test waits for fails that test
+	// after Timeout.
 	Timeout time.Duration
 
 	// Parallel runs the tests in parallel (t.Parallel).

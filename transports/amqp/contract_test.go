@@ -21,8 +21,8 @@ func TestContract(t *testing.T) {
 			px := startFaultProxy(t)
 			return isolatedURLVia(t, px.Addr()), px
 		},
-		// Sequential: the whole suite takes a few seconds, and timing
-		// checks (retry delays, Close waiting) stay meaningful on a busy
-		// machine.
+		// Sequential: the whole suite takes about 30 s (a third of it in
+		// the fault tests, which wait for deadlines), and timing checks
+		// (retry delays) stay meaningful on a busy machine.
 	})
 }

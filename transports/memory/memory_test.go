@@ -12,7 +12,6 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/paissive/go-eventbus/contracttests"
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/eventbustest"
@@ -26,10 +25,6 @@ func freshURL(t testing.TB) string {
 	name := "contract-" + t.Name()
 	t.Cleanup(func() { memory.Forget(name) })
 	return "mem://" + name
-}
-
-func TestContract(t *testing.T) {
-	contracttests.Run(t, contracttests.Harness{Name: "memory", URL: freshURL, Parallel: true})
 }
 
 func newBus(t *testing.T, url, service string) *eventbus.Bus {
