@@ -480,7 +480,11 @@ func (t *ctTransport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscr
 		segs := strings.Split(cfg.Pattern, ".")
 		icfg.Match = func(name string) bool { return matchOneOrMore(segs, strings.Split(name, ".")) }
 	case t.f[faultCaseFold]:
-		icfg.Match = eventbus.MustCompilePattern(strings.ToLower(cfg.Pattern)).Match
+		p, err := eventbus.CompilePattern(strings.ToLower(cfg.Pattern))
+		if err != nil {
+			return nil, err
+		}
+		icfg.Match = p.Match
 	}
 	inner, err := t.inner.NewSubscriber(icfg)
 	if err != nil {
