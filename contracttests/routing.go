@@ -138,7 +138,7 @@ func testPatterns(e *env) {
 			}
 			s.ack(m)
 			name := m.Metadata.Get(driver.HeaderType)
-			if f := m.Metadata.Get(driver.MetadataPrefix + "fence"); f != "" {
+			if env, err := driver.Decode(m); err == nil && env.Metadata["fence"] != "" {
 				if m.UUID == fences[i].UUID {
 					fenced = true
 				}
