@@ -15,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
@@ -316,6 +317,12 @@ func (t *telemetry) startPublish(ctx context.Context, msg *message.Message) trac
 // nothing to write (no SDK, no span), the event's own trace headers stay:
 // the event passes through this service as if it were not there.
 func (t *telemetry) inject(ctx context.Context, md message.Metadata) {
+	// Propagators write the span context and the baggage ctx carries;
+	// without either (no SDK, nothing upstream) there is nothing to write,
+	// and checking costs less than the map it would take to find out.
+	if !trace.SpanContextFromContext(ctx).IsValid() && baggage.FromContext(ctx).Len() == 0 {
+		return
+	}
 	fresh := make(message.Metadata, len(t.fields))
 	t.prop.Inject(ctx, carrier(fresh))
 	if len(fresh) == 0 {
