@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"sync/atomic"
+	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
 	_ "github.com/paissive/go-eventbus/transports/memory"
@@ -243,4 +245,63 @@ func ExampleCompilePattern() {
 	// *.registered     [user.registered]
 	// #.completed      [completed order.payment.completed]
 	// eventbus: invalid pattern: pattern "user.re*": segment 2 "re*" mixes '*' with other characters; a wildcard must be a whole segment
+}
+
+// A handler's failures are retried, then the event waits in the service's
+// poison queue: list it, replay it after the fix (to the failing
+// subscription only), or purge it.
+func ExampleBus_Replay() {
+	ctx := context.Background()
+	bus, err := eventbus.New(ctx, eventbus.Config{ServiceName: "invoicing", URL: "mem://example-replay",
+		Policy: eventbus.Policy{MaxAttempts: 2, InitialBackoff: time.Millisecond}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer bus.Close(ctx)
+	var fixed atomic.Bool
+	handled := make(chan string, 1)
+	err = bus.Subscribe("invoice.#", func(ctx context.Context, ev eventbus.Event) error {
+		if !fixed.Load() {
+			return errors.New("tax service unreachable")
+		}
+		handled <- ev.Name
+		return nil
+	}, eventbus.SubscriptionName("invoices"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	if err := bus.Start(ctx); err != nil {
+		log.Fatal(err)
+	}
+	ev, _ := eventbus.NewEvent("invoice.created", map[string]int{"total_cents": 990})
+	if err := bus.Publish(ctx, ev); err != nil {
+		log.Fatal(err)
+	}
+	for {
+		if ps, _ := bus.Poisoned(ctx, eventbus.PoisonFilter{IDs: []string{ev.ID}}); len(ps) == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	poisoned, err := bus.Poisoned(ctx, eventbus.PoisonFilter{Limit: 100}) // oldest first, nothing removed
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, p := range poisoned {
+		fmt.Printf("%s: %s after %d attempts in %s: %s\n", p.Event.Name, p.Reason, p.Attempts, p.Subscription, p.Error)
+	}
+	fixed.Store(true) // the fix is deployed
+	n, err := bus.Replay(ctx, eventbus.PoisonFilter{Subscription: "invoices"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("replayed:", n, "handled:", <-handled)
+	_, err = bus.PurgePoison(ctx, eventbus.PoisonFilter{Reason: eventbus.ReasonUndecodable}) // the zero filter purges all
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// invoice.created: retries-exhausted after 2 attempts in invoices: tax service unreachable
+	// replayed: 1 handled: invoice.created
 }
