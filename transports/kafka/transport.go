@@ -173,7 +173,7 @@ const (
 	healthTimeout  = 5 * time.Second
 )
 
-// watch refreshes the metadata every healthInterval until Close and
+// watch asks the cluster for metadata every healthInterval until Close and
 // reports the outcome to t.state. A request still waiting for a frozen
 // broker is not repeated: the state says unreachable until it returns.
 func (t *Transport) watch() {
@@ -189,7 +189,7 @@ func (t *Transport) watch() {
 		t.after.Add(1)
 		go func() {
 			defer t.after.Done()
-			done <- t.client.RefreshMetadata()
+			done <- t.probe()
 		}()
 		tm := time.NewTimer(healthTimeout)
 		select {
@@ -206,6 +206,25 @@ func (t *Transport) watch() {
 		}
 		tm.Stop()
 	}
+}
+
+// probe sends one metadata request, for no topic, to the broker the
+// client talks to least. Unlike the client's RefreshMetadata it does not
+// retry (a retrying refresh against a cluster that is gone outlives Close
+// by seconds), and closing the client closes the broker's connection,
+// which ends a request a frozen broker never answers.
+func (t *Transport) probe() error {
+	b := t.client.LeastLoadedBroker()
+	if b == nil {
+		return sarama.ErrOutOfBrokers
+	}
+	if ok, _ := b.Connected(); !ok {
+		if err := b.Open(t.client.Config()); err != nil && !errors.Is(err, sarama.ErrAlreadyConnected) {
+			return err
+		}
+	}
+	_, err := b.GetMetadata(&sarama.MetadataRequest{Version: 1, Topics: []string{}})
+	return err
 }
 
 // report records the outcome of a request to the cluster: nil and errors
