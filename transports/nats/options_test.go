@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
@@ -139,5 +140,25 @@ func TestServerAtLeast(t *testing.T) {
 		if got := serverAtLeast(v, 2, 10); got != want {
 			t.Errorf("serverAtLeast(%q) = %v", v, got)
 		}
+	}
+}
+
+// TestOpenWithoutJetStream: a server without JetStream is refused with an
+// error that says how to enable it.
+func TestOpenWithoutJetStream(t *testing.T) {
+	s, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	defer func() { s.Shutdown(); s.WaitForShutdown() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = open(ctx, driver.Config{URL: mustParse(t, s.ClientURL()), ServiceName: "svc"})
+	if err == nil || !strings.Contains(err.Error(), "-js") {
+		t.Errorf("Open against a server without JetStream: %v; want an error saying to start it with -js", err)
 	}
 }

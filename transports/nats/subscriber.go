@@ -454,6 +454,9 @@ func (p *puller) handle(r received) {
 	m := r.m
 	if p.skip(m) {
 		p.settleNow(m, func() error { return m.Ack() })
+		p.mu.Lock()
+		p.settled++ // the rate the prefetch follows includes what is skipped
+		p.mu.Unlock()
 		return
 	}
 	data := m.Data

@@ -481,6 +481,9 @@ func (t *Transport) apiError(ctx context.Context, op string, err error) error {
 		return errClosed
 	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
 		return fmt.Errorf("nats transport: %s: the server at %s has no JetStream; start nats-server with -js (or a jetstream {} block in its configuration): %w", op, t.redacted, err)
+	case errors.Is(err, nats.ErrNoResponders):
+		// A server without JetStream does not answer its API at all.
+		return fmt.Errorf("nats transport: %s: nothing answers the JetStream API at %s: the server has no JetStream (start nats-server with -js, or a jetstream {} block in its configuration), or it is not available for this account right now: %w", op, t.redacted, err)
 	case ctx.Err() != nil:
 		if errors.Is(err, ctx.Err()) {
 			return fmt.Errorf("nats transport: %s: no answer from the server at %s before the context ended (it may be down, overloaded or frozen): %w", op, t.redacted, err)
