@@ -157,7 +157,7 @@ func TestRedactURL(t *testing.T) {
 	for in, want := range map[string]string{
 		"amqp://guest:guest@localhost:5672/":   "amqp://guest:xxxxx@localhost:5672/",
 		"amqps://u:p%40ss@host/vhost?x=1":      "amqps://u:xxxxx@host/vhost?x=1",
-		"amqp://justuser@host/":                "amqp://justuser@host/",
+		"amqp://justuser@host/":                "amqp://xxxxx@host/", // a bare user may be a token
 		"kafka://a:9092,b:9092":                "kafka://a:9092,b:9092",
 		"mem://":                               "mem:",
 		"mem://name":                           "mem://name",

@@ -348,6 +348,8 @@ func TestDevKafka(t *testing.T) {
 	addr := ln.Addr().String()
 	_ = ln.Close()
 	dev := start(t, broker{}, "kafka://", "dev", "kafka", "--addr", addr)
+	// "kafka://" may show first in a log line on stderr.
+	waitFor(t, "dev kafka printing its URL", func() bool { return len(lines(dev.stdout.String())) > 0 }, dev.stderr.String)
 	url := strings.TrimSpace(lines(dev.stdout.String())[0])
 	if url != "kafka://"+addr {
 		t.Fatalf("dev kafka printed %q, want kafka://%s", url, addr)

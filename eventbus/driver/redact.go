@@ -7,7 +7,8 @@ import (
 
 // RedactURL returns rawURL with any password, and any query parameter whose
 // name mentions a password, secret, token or key, replaced by "xxxxx", for
-// logs and errors. Text that does not parse as a URL, or parses as an
+// logs and errors. A user name without a password is replaced too: some
+// brokers (NATS, Redis) take a bare token in that place. Text that does not parse as a URL, or parses as an
 // opaque URL (no "//" after the scheme), is hidden entirely after its
 // scheme, since it may still hold a secret. Transports use it for every log
 // line and error that shows a URL.
@@ -35,6 +36,11 @@ func RedactURL(rawURL string) string {
 			}
 		}
 		u.RawQuery = q.Encode()
+	}
+	if u.User != nil {
+		if _, hasPassword := u.User.Password(); !hasPassword && u.User.Username() != "" {
+			u.User = url.User("xxxxx")
+		}
 	}
 	return u.Redacted()
 }

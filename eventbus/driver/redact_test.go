@@ -16,3 +16,18 @@ func TestRedactURLQuerySecrets(t *testing.T) {
 		t.Errorf("RedactURL dropped harmless parameters: %s", got)
 	}
 }
+
+func TestRedactURLUserinfo(t *testing.T) {
+	for _, tc := range []struct{ in, want, secret string }{
+		{"amqp://app:hunter2@127.0.0.1:5672/", "amqp://app:xxxxx@127.0.0.1:5672/", "hunter2"},
+		// A NATS token stands where a user name would.
+		{"nats://s3cr3tt0ken@127.0.0.1:4222", "nats://xxxxx@127.0.0.1:4222", "s3cr3tt0ken"},
+		{"amqp:app:hunter2@127.0.0.1", "amqp:(opaque URL hidden)", "hunter2"},
+		{"kafka://127.0.0.1:9092?topic=t", "kafka://127.0.0.1:9092?topic=t", ""},
+	} {
+		got := RedactURL(tc.in)
+		if got != tc.want || (tc.secret != "" && strings.Contains(got, tc.secret)) {
+			t.Errorf("RedactURL(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

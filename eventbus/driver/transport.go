@@ -55,7 +55,11 @@ type Transport interface {
 
 	// Redeliver sends msgs to one subscription group only, not to every
 	// subscription matching their names; it serves poison-queue replay. It
-	// has the guarantees of Publish and returns by ctx's deadline.
+	// has the guarantees of Publish and returns by ctx's deadline. The
+	// messages are the ones the transport's poison queue returned, with
+	// every header it stored: a transport that needs more than the event
+	// to route one (its original subject, topic or routing key) keeps
+	// that in the poison record and reads it back here.
 	Redeliver(ctx context.Context, group string, msgs ...*message.Message) error
 
 	// Close releases the transport. Unacknowledged messages come back to
@@ -82,8 +86,11 @@ type SubscriberConfig struct {
 	// filter in process (brokers that cannot route by name) use it rather
 	// than implement the semantics again.
 	Match func(name string) bool
-	// Concurrency is how many messages may be delivered and not yet
-	// acknowledged at once (at least 1).
+	// Concurrency is how many messages may be handed to the bus and not
+	// yet acknowledged at once (at least 1). It bounds what the bus holds,
+	// not what the transport fetches: a transport may read ahead (a
+	// prefetch, a pull batch) as long as messages it has not handed on
+	// are delivered again if it closes.
 	Concurrency int
 }
 

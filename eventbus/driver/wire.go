@@ -60,6 +60,16 @@ const (
 	HeaderPoisonWrapped        = wire.PoisonWrapped        // set on a reduced record: the message is JSON in the body
 )
 
+// HeaderIncomplete is set by a transport on a message it hands to the bus
+// knowing that it is not whole, such as one whose body was stored apart
+// from its headers and is gone; the value says what is missing. [Decode]
+// fails on such a message, so the bus moves it to the poison queue as
+// undecodable, headers kept, rather than giving a handler an event
+// without its data. It is the way to report a loss the transport found:
+// handing such a message on without the header would pass it off as an
+// event with no data.
+const HeaderIncomplete = wire.Incomplete
+
 // Envelope is an event as the wire format carries it: the fields of
 // eventbus.Event, with the kind as its wire name.
 type Envelope struct {
@@ -210,7 +220,7 @@ const headerDataContentType = AttributePrefix + "datacontenttype"
 //     <key>; when both name one key, the attribute wins. In structured
 //     mode numbers and booleans become their JSON text ("42", "true").
 //
-// Anything else, such as a missing required attribute, an unknown spec
+// Anything else, such as a message marked with [HeaderIncomplete], a missing required attribute, an unknown spec
 // version or kind, an invalid event name or data that is not JSON, is an
 // error wrapping [ErrInvalidEvent] that says what is wrong; the bus moves
 // such messages to the poison queue as undecodable.
@@ -219,7 +229,7 @@ func Decode(msg *message.Message) (Envelope, error) {
 	// per header and a second pass for the metadata: this runs for every
 	// event consumed.
 	var e Envelope
-	var spec, ts, ct, dct string
+	var spec, ts, ct, dct, incomplete string
 	hasCT := false
 	for k, v := range msg.Metadata {
 		switch k {
@@ -247,6 +257,8 @@ func Decode(msg *message.Message) (Envelope, error) {
 			e.PartitionKey = v
 		case headerDataContentType:
 			dct = v
+		case wire.Incomplete:
+			incomplete = v
 		default:
 			if len(k) > len(AttributePrefix) && k[:len(AttributePrefix)] == AttributePrefix {
 				setMetadata(&e, k[len(AttributePrefix):], v, true)
@@ -254,6 +266,9 @@ func Decode(msg *message.Message) (Envelope, error) {
 				setMetadata(&e, k[len(wire.MetadataPrefix):], v, false)
 			}
 		}
+	}
+	if incomplete != "" {
+		return Envelope{}, fmt.Errorf("%w: message %s (%s) is incomplete: %s", ErrInvalidEvent, msg.UUID, e.Name, incomplete)
 	}
 	if !hasCT && dct != "" {
 		ct, hasCT = dct, true

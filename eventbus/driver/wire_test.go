@@ -181,6 +181,10 @@ func TestDecodeMessageErrors(t *testing.T) {
 		{"batch", set("content-type", "application/cloudevents-batch+json"), []string{"batched", "one event per message"}, nil},
 		{"bad content type with charset", set("content-type", "text/plain; charset=utf-8"), []string{"content-type", "text/plain", "JSON data only"}, nil},
 		{"truncated JSON body", body(`{"a":`), []string{"not JSON"}, nil},
+		{"marked incomplete by the transport", func(m *message.Message) {
+			m.Metadata[driver.HeaderIncomplete] = "the body is lost"
+			m.Payload = nil
+		}, []string{"incomplete", "the body is lost"}, nil},
 	}
 	for _, tc := range cases {
 		msg := driver.Encode(fullEvent(t))

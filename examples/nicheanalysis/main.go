@@ -36,6 +36,7 @@ import (
 	_ "github.com/paissive/go-eventbus/transports/amqp"
 	_ "github.com/paissive/go-eventbus/transports/kafka"
 	_ "github.com/paissive/go-eventbus/transports/memory"
+	_ "github.com/paissive/go-eventbus/transports/nats"
 )
 
 func main() {

@@ -6,8 +6,9 @@
 //	go run ./examples/quickstart
 //
 // It runs on the in-process broker unless EVENTBUS_URL names another, e.g.
-// EVENTBUS_URL=amqp://guest:guest@localhost:5672/ for the local RabbitMQ or
-// EVENTBUS_URL=kafka://localhost:9092 for Kafka.
+// EVENTBUS_URL=amqp://guest:guest@localhost:5672/ for the local RabbitMQ,
+// EVENTBUS_URL=kafka://localhost:9092 for Kafka or
+// EVENTBUS_URL=nats://127.0.0.1:4222 for NATS JetStream.
 package main
 
 import (
@@ -22,6 +23,7 @@ import (
 	_ "github.com/paissive/go-eventbus/transports/amqp"
 	_ "github.com/paissive/go-eventbus/transports/kafka"
 	_ "github.com/paissive/go-eventbus/transports/memory"
+	_ "github.com/paissive/go-eventbus/transports/nats"
 )
 
 // UserRegistered is the data of a "user.registered" event; the validate

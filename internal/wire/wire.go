@@ -63,6 +63,13 @@ const (
 	PoisonWrapped = "poison_wrapped"
 )
 
+// Incomplete is set by a transport on a message it hands on knowing that
+// it is not whole (a body kept apart from its headers and lost, say): its
+// value says what is missing. Decoding such a message fails, so the bus
+// poisons it as undecodable with its headers, instead of handing the
+// handler an event without its data.
+const Incomplete = "eventbus_incomplete"
+
 // MaxPoisonError is the most bytes of a handler's error a poison record
 // keeps: enough for a panic's stack, small enough that the record cannot
 // outgrow the broker's limits because of it.

@@ -1,0 +1,250 @@
+package nats
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/paissive/go-eventbus/brokertest"
+	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/faultnet"
+)
+
+func unique(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// serverURL returns the test server's URL (see brokertest.NATSURL).
+func serverURL(t testing.TB) *url.URL {
+	t.Helper()
+	raw, _ := brokertest.NATSURL(t)
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatalf("server URL: %v", err)
+	}
+	return u
+}
+
+// isolatedURL returns a URL on the test server with a fresh stream and the
+// given extra query parameters; the streams are deleted when the test
+// ends.
+func isolatedURL(t testing.TB, params ...string) string {
+	t.Helper()
+	return isolatedURLOn(t, serverURL(t), "", params...)
+}
+
+// isolatedURLOn is isolatedURL on server, through host (a proxy) unless
+// host is empty.
+func isolatedURLOn(t testing.TB, server *url.URL, host string, params ...string) string {
+	t.Helper()
+	u := *server
+	if host != "" {
+		u.Host = host
+	}
+	stream := unique("test-")
+	q := u.Query()
+	q.Set("stream", stream)
+	for i := 0; i+1 < len(params); i += 2 {
+		q.Set(params[i], params[i+1])
+	}
+	u.RawQuery = q.Encode()
+	direct := server.String()
+	t.Cleanup(func() { deleteStreams(t, direct, stream) })
+	return u.String()
+}
+
+// faultyURL returns a URL with a fresh stream through a faultnet proxy in
+// front of the test server, and the proxy.
+// ownServerURL returns a URL with a fresh stream on an in-process server
+// of the test (which goes with its streams when the test ends).
+func ownServerURL(t testing.TB, srv *brokertest.NATSServer, params ...string) string {
+	t.Helper()
+	u := mustParse(t, srv.URL())
+	q := u.Query()
+	q.Set("stream", unique("test-"))
+	for i := 0; i+1 < len(params); i += 2 {
+		q.Set(params[i], params[i+1])
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+func faultyURL(t testing.TB, params ...string) (string, *faultnet.Proxy) {
+	t.Helper()
+	server := serverURL(t)
+	px, err := faultnet.NewProxy(server.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = px.Close() })
+	return isolatedURLOn(t, server, px.Addr(), params...), px
+}
+
+func deleteStreams(t testing.TB, server, stream string) {
+	nc, err := nats.Connect(server, nats.Timeout(5*time.Second), nats.NoReconnect())
+	if err != nil {
+		t.Logf("cleanup: cannot connect to delete stream %s: %v", stream, err)
+		return
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Logf("cleanup: %v", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, s := range []string{stream, poisonStreamName(stream)} {
+		if err := js.DeleteStream(ctx, s); err != nil && err != jetstream.ErrStreamNotFound {
+			t.Logf("cleanup: deleting stream %s: %v", s, err)
+		}
+	}
+}
+
+// waitFor polls cond every few milliseconds until it holds or timeout
+// passes, then fails the test with describe's report.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool, describe func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within %v; %s", what, timeout, describe())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// newBus opens a bus on url that is closed when the test ends.
+func newBus(t testing.TB, url, service string) *eventbus.Bus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	b, err := eventbus.New(ctx, eventbus.Config{ServiceName: service, URL: url, Policy: eventbus.Policy{
+		MaxAttempts: 3, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+	}})
+	if err != nil {
+		t.Fatalf("New(%s): %v", driver.RedactURL(url), err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := b.Close(ctx); err != nil {
+			t.Errorf("closing bus %s: %v", service, err)
+		}
+	})
+	return b
+}
+
+func transportOf(t testing.TB, b *eventbus.Bus) *Transport {
+	t.Helper()
+	tr, ok := b.Transport().(*Transport)
+	if !ok {
+		t.Fatalf("transport is %T", b.Transport())
+	}
+	return tr
+}
+
+// counter records how often each event ID was handled.
+type counter struct {
+	mu   sync.Mutex
+	seen map[string]int
+	n    int
+}
+
+func newCounter() *counter { return &counter{seen: map[string]int{}} }
+
+func (c *counter) handle(_ context.Context, ev eventbus.Event) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seen[ev.ID]++
+	c.n++
+	return nil
+}
+
+func (c *counter) has(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seen[id] > 0
+}
+
+func (c *counter) distinct() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen)
+}
+
+// missing counts the ids not handled yet.
+func (c *counter) missing(ids []string) (n int, example string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range ids {
+		if c.seen[id] == 0 {
+			if n == 0 {
+				example = id
+			}
+			n++
+		}
+	}
+	return n, example
+}
+
+func (c *counter) duplicates() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n - len(c.seen)
+}
+
+func mustEvent(t testing.TB, name string, data any, opts ...eventbus.EventOption) eventbus.Event {
+	t.Helper()
+	ev, err := eventbus.NewEvent(name, data, append([]eventbus.EventOption{eventbus.WithSource("nats-tests")}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+func describeMissing(c *counter, ids []string) func() string {
+	return func() string {
+		n, ex := c.missing(ids)
+		return fmt.Sprintf("%d of %d not handled (e.g. %s)", n, len(ids), ex)
+	}
+}
+
+func mustParse(t testing.TB, raw string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// deliveries counts every handler call.
+func (c *counter) deliveries() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// mustPattern compiles a pattern the test knows to be valid.
+func mustPattern(pattern string) eventbus.Pattern {
+	p, err := eventbus.CompilePattern(pattern)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+// matcher is the Match function of a pattern the test knows to be valid.
+func matcher(pattern string) func(name string) bool { return mustPattern(pattern).Match }
