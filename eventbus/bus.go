@@ -504,6 +504,17 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 		msgs[i] = msg
 	}
 	var failed []FailedEvent
+	if bp, ok := b.pub.(driver.BatchPublisher); ok && mixedNames(msgs) {
+		// All in flight at once, in the order of the call.
+		topics := make([]string, len(msgs))
+		for i, m := range msgs {
+			topics[i] = m.Metadata[wire.Type]
+		}
+		if err := bp.PublishBatch(topics, msgs); err != nil {
+			failed = appendFailures(failed, msgs, err)
+		}
+		return publishResult(failed)
+	}
 	for start := 0; start < len(msgs); {
 		name := msgs[start].Metadata[wire.Type]
 		end := start + 1
@@ -515,6 +526,23 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 		}
 		start = end
 	}
+	return publishResult(failed)
+}
+
+// mixedNames reports whether msgs have more than one event name.
+func mixedNames(msgs []*message.Message) bool {
+	if len(msgs) < 2 {
+		return false
+	}
+	for _, m := range msgs[1:] {
+		if m.Metadata[wire.Type] != msgs[0].Metadata[wire.Type] {
+			return true
+		}
+	}
+	return false
+}
+
+func publishResult(failed []FailedEvent) error {
 	if failed != nil {
 		return &PublishError{Failed: failed}
 	}

@@ -64,6 +64,21 @@ type Transport interface {
 	Close() error
 }
 
+// BatchPublisher is an optional interface of the publisher a Transport
+// returns: one call publishes messages of several names. Bus.Publish uses
+// it for a call whose events have different names, so that all of them
+// are in flight at once, in the order of the call; without it the bus
+// publishes them name by name, each group waiting for the one before (a
+// Publish of 100 events with 100 names then takes 100 round trips).
+type BatchPublisher interface {
+	// PublishBatch publishes msgs[i] under the event name topics[i]
+	// (len(topics) == len(msgs)), with every guarantee of
+	// Publisher().Publish. Messages keep the order of the call wherever
+	// one Publish call of one name would keep it (one channel on
+	// RabbitMQ, one partition on Kafka).
+	PublishBatch(topics []string, msgs []*message.Message) error
+}
+
 // SubscriberConfig identifies one durable subscription.
 type SubscriberConfig struct {
 	// Group is the durable identity, "<service>.<subscription>": subscribers
