@@ -52,13 +52,19 @@
 //
 // # Guarantees
 //
-// Publishing always uses publisher confirms and the mandatory flag: Publish
-// returns nil only after the broker confirmed every message, and reports in
-// an *driver.PublishError every message the broker nacked, returned as
-// unroutable (wrapping driver.ErrUnroutable: no subscription matches its
-// name), or did not confirm before the connection was lost or the message's
-// context ended. A message in that list may still have reached the broker
-// (a confirm can be lost with the connection): delivery is at least once.
+// Publishing always uses publisher confirms and the mandatory flag.
+// Concurrent Publish calls share the confirm windows of a small pool of
+// channels (group commit; see Publisher): each channel's writer sends what
+// callers queued back to back, so many confirms are in flight however
+// few events each call has, and a call of events with different names
+// (Bus.Publish through driver.BatchPublisher) goes out on one channel in
+// order. Publish returns nil only after the broker confirmed every
+// message, and reports in an *driver.PublishError every message the
+// broker nacked, returned as unroutable (wrapping driver.ErrUnroutable: no
+// subscription matches its name), or did not confirm before the
+// connection was lost or the message's context ended. A message in that
+// list may still have reached the broker (a confirm can be lost with the
+// connection): delivery is at least once.
 //
 // One bad message fails alone. Before a message is written it is checked
 // against the limits whose violation would close the connection or the
