@@ -33,8 +33,11 @@ type Transport interface {
 	// Its Subscribe(ctx, pattern) must deliver every message whose event
 	// name matches the pattern (cfg.Match; the pattern is cfg.Pattern), and
 	// share them among all subscribers of the same Group, each message to
-	// one of them, with at most Concurrency messages unacknowledged at a
-	// time per subscriber. ctx bounds only the setup: Subscribe returns
+	// one of them, with at most Concurrency messages handed to the bus and
+	// not yet acknowledged or nacked by it at a time per subscriber (a
+	// transport may keep more buffered from the broker, read ahead and
+	// unacknowledged, so that the next message is at hand when a handler
+	// finishes). ctx bounds only the setup: Subscribe returns
 	// once the subscription is in place, so that messages published after
 	// it returns reach it, or with an error when ctx ends first (leaving
 	// nothing running). The subscription then lasts until the subscriber's
@@ -97,8 +100,8 @@ type SubscriberConfig struct {
 	// filter in process (brokers that cannot route by name) use it rather
 	// than implement the semantics again.
 	Match func(name string) bool
-	// Concurrency is how many messages may be delivered and not yet
-	// acknowledged at once (at least 1).
+	// Concurrency is how many messages may be handed to the bus and not
+	// yet acknowledged at once (at least 1).
 	Concurrency int
 }
 

@@ -40,7 +40,9 @@
 //
 // URL query parameters: exchange (default "events"), queue_type ("classic"
 // or "quorum"), publish_channels (size of the pool of confirm-mode channels
-// concurrent publishers share, default 4), max_message_size (the largest
+// concurrent publishers share, default 4), prefetch (the deliveries each
+// subscription's consumer keeps, default its concurrency + 128; see
+// below), max_message_size (the largest
 // body sent, default 134217728: set it to the broker's max_message_size if
 // that was changed), and amqp091-go's own heartbeat, connection_timeout,
 // channel_max, server_name_indication, certfile, keyfile and cacertfile.
@@ -90,12 +92,21 @@
 // the connection; a subscriber's Close likewise waits at most 2 s for the
 // broker, plus the time its messages in flight take to be settled.
 //
-// A subscriber sets the channel prefetch to the subscription's concurrency,
-// acknowledges a message after its handler succeeded and requeues it when
-// the bus nacks it (the bus's retry and poison middleware keep handler
-// failures from looping). Headers that are not strings, such as RabbitMQ's
-// x-death table or numbers set by other clients, are converted to strings
-// (tables and arrays as JSON) instead of failing the message.
+// A subscriber keeps a window of deliveries larger than the subscription's
+// concurrency (the channel prefetch: ?prefetch=, default Concurrency +
+// 128) and hands at most Concurrency of them to the bus at a time, in the
+// broker's order, so the next delivery is already in the client when a
+// handler finishes; Concurrency(1) thus handles the events in the broker's
+// order without waiting a round trip for each. Deliveries in the window
+// are unacknowledged: they come back to the queue when the subscriber
+// closes or crashes. It acknowledges a message after its handler
+// succeeded, cumulatively (one basic.ack with multiple=true covers every
+// delivery up to one whose predecessors are all settled, so under load one
+// frame acknowledges many), and requeues it when the bus nacks it (the
+// bus's retry and poison middleware keep handler failures from looping).
+// Headers that are not strings, such as RabbitMQ's x-death table or
+// numbers set by other clients, are converted to strings (tables and
+// arrays as JSON) instead of failing the message.
 //
 // The first connection is retried with backoff until the ctx given to Open
 // (eventbus.New) ends, except for refused credentials or vhost, which fail
