@@ -229,7 +229,9 @@ func (b *Bus) newSubscriber(s *subscription) error {
 
 // addHandler gives an open subscription its router handler; b.mu is held.
 func (b *Bus) addHandler(s *subscription, ch <-chan *message.Message) *message.Handler {
-	h := b.router.AddConsumerHandler(s.group, s.pattern.String(), subscribed{s.subscriber, ch}, b.consume(s))
+	// No topic: subscribed ignores it, and the router would put it in
+	// every message's ctx (two allocations per event).
+	h := b.router.AddConsumerHandler(s.group, "", subscribed{s.subscriber, ch}, b.consume(s))
 	h.AddMiddleware(b.pipeline(s)...)
 	return h
 }
