@@ -100,9 +100,9 @@ func testPoisonRecordTooLarge(e *env) {
 
 // testPoisonQueueScan drives the transport's poison queue directly: Scan
 // visits the records in the order they were added, in pages; it deletes
-// exactly the records visit names (not other records of the same event);
-// records added during a Scan are not visited by it; Purge empties the
-// queue.
+// exactly the records visit names (not other records of the same event),
+// the last one read included; records added during a Scan are not visited
+// by it; Purge empties the queue.
 func testPoisonQueueScan(e *env) {
 	ctx := e.ctx()
 	pq := e.needPoisonQueue(e.transport(e.service("pq")))
@@ -178,6 +178,12 @@ func testPoisonQueueScan(e *env) {
 	}
 	if got, want := list(), "c@s1 a@s2 a@s1 d@s1"; got != want {
 		e.t.Errorf("after a scan stopped by an error: %q, want %q", got, want)
+	}
+
+	// Deleting the last record a scan reads keeps the ones before it.
+	scan(100, func(page []*message.Message) ([]int, error) { return []int{len(page) - 1}, nil })
+	if got, want := list(), "c@s1 a@s2 a@s1"; got != want {
+		e.t.Errorf("after deleting the last record: %q, want %q", got, want)
 	}
 
 	if err := pq.Purge(ctx); err != nil {

@@ -250,7 +250,9 @@ func (b *Bus) newSubscriber(s *subscription) error {
 
 // addHandler gives an open subscription its router handler; b.mu is held.
 func (b *Bus) addHandler(s *subscription, ch <-chan *message.Message) *message.Handler {
-	h := b.router.AddConsumerHandler(s.group, s.pattern.String(), subscribed{s.subscriber, ch}, b.consume(s))
+	// No topic: subscribed ignores it, and the router would put it in
+	// every message's ctx (two allocations per event).
+	h := b.router.AddConsumerHandler(s.group, "", subscribed{s.subscriber, ch}, b.consume(s))
 	h.AddMiddleware(b.pipeline(s)...)
 	s.running = h
 	return h
@@ -559,23 +561,33 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 		msgs[i] = msg
 	}
 	var failed []FailedEvent
-	for start := 0; start < len(msgs); {
-		name := msgs[start].Metadata[wire.Type]
-		end := start + 1
-		for end < len(msgs) && msgs[end].Metadata[wire.Type] == name {
-			end++
+	if bp, ok := b.pub.(driver.BatchPublisher); ok && mixedNames(msgs) {
+		// All in flight at once, in the order of the call.
+		topics := make([]string, len(msgs))
+		for i, m := range msgs {
+			topics[i] = m.Metadata[wire.Type]
 		}
-		group := msgs[start:end]
-		var spans []trace.Span
-		var t0 time.Time
+		spans, t0 := b.startPublish(ctx, msgs)
+		err := bp.PublishBatch(topics, msgs)
 		if b.tel != nil {
-			spans = make([]trace.Span, len(group))
-			for i, m := range group {
-				spans[i] = b.tel.startPublish(ctx, m)
+			// Metrics are by event name: one record per run of a name.
+			d := time.Since(t0)
+			for start := 0; start < len(msgs); {
+				end := nameRunEnd(msgs, start)
+				b.tel.endPublish(ctx, spans[start:end], msgs[start:end], err, d)
+				start = end
 			}
-			t0 = time.Now()
 		}
-		err := b.pub.Publish(name, group...)
+		if err != nil {
+			failed = appendFailures(failed, msgs, err)
+		}
+		return publishResult(failed)
+	}
+	for start := 0; start < len(msgs); {
+		end := nameRunEnd(msgs, start)
+		group := msgs[start:end]
+		spans, t0 := b.startPublish(ctx, group)
+		err := b.pub.Publish(group[0].Metadata[wire.Type], group...)
 		if b.tel != nil {
 			b.tel.endPublish(ctx, spans, group, err, time.Since(t0))
 		}
@@ -584,6 +596,39 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 		}
 		start = end
 	}
+	return publishResult(failed)
+}
+
+// startPublish starts the producer span of each of msgs, unless telemetry
+// is off, and returns them with the time the transport's call starts.
+func (b *Bus) startPublish(ctx context.Context, msgs []*message.Message) ([]trace.Span, time.Time) {
+	if b.tel == nil {
+		return nil, time.Time{}
+	}
+	spans := make([]trace.Span, len(msgs))
+	for i, m := range msgs {
+		spans[i] = b.tel.startPublish(ctx, m)
+	}
+	return spans, time.Now()
+}
+
+// nameRunEnd returns the end of the run of messages from start on that
+// have the event name of msgs[start].
+func nameRunEnd(msgs []*message.Message, start int) int {
+	name := msgs[start].Metadata[wire.Type]
+	end := start + 1
+	for end < len(msgs) && msgs[end].Metadata[wire.Type] == name {
+		end++
+	}
+	return end
+}
+
+// mixedNames reports whether msgs have more than one event name.
+func mixedNames(msgs []*message.Message) bool {
+	return len(msgs) > 1 && nameRunEnd(msgs, 0) < len(msgs)
+}
+
+func publishResult(failed []FailedEvent) error {
 	if failed != nil {
 		return &PublishError{Failed: failed}
 	}

@@ -33,8 +33,11 @@ type Transport interface {
 	// Its Subscribe(ctx, pattern) must deliver every message whose event
 	// name matches the pattern (cfg.Match; the pattern is cfg.Pattern), and
 	// share them among all subscribers of the same Group, each message to
-	// one of them, with at most Concurrency messages unacknowledged at a
-	// time per subscriber. ctx bounds only the setup: Subscribe returns
+	// one of them, with at most Concurrency messages handed to the bus and
+	// not yet acknowledged or nacked by it at a time per subscriber (a
+	// transport may keep more buffered from the broker, read ahead and
+	// unacknowledged, so that the next message is at hand when a handler
+	// finishes). ctx bounds only the setup: Subscribe returns
 	// once the subscription is in place, so that messages published after
 	// it returns reach it, or with an error when ctx ends first (leaving
 	// nothing running). The subscription then lasts until the subscriber's
@@ -68,6 +71,21 @@ type Transport interface {
 	Close() error
 }
 
+// BatchPublisher is an optional interface of the publisher a Transport
+// returns: one call publishes messages of several names. Bus.Publish uses
+// it for a call whose events have different names, so that all of them
+// are in flight at once, in the order of the call; without it the bus
+// publishes them name by name, each group waiting for the one before (a
+// Publish of 100 events with 100 names then takes 100 round trips).
+type BatchPublisher interface {
+	// PublishBatch publishes msgs[i] under the event name topics[i]
+	// (len(topics) == len(msgs)), with every guarantee of
+	// Publisher().Publish. Messages keep the order of the call wherever
+	// one Publish call of one name would keep it (one channel on
+	// RabbitMQ, one partition on Kafka).
+	PublishBatch(topics []string, msgs []*message.Message) error
+}
+
 // SubscriberConfig identifies one durable subscription.
 type SubscriberConfig struct {
 	// Group is the durable identity, "<service>.<subscription>": subscribers
@@ -88,9 +106,7 @@ type SubscriberConfig struct {
 	Match func(name string) bool
 	// Concurrency is how many messages may be handed to the bus and not
 	// yet acknowledged at once (at least 1). It bounds what the bus holds,
-	// not what the transport fetches: a transport may read ahead (a
-	// prefetch, a pull batch) as long as messages it has not handed on
-	// are delivered again if it closes.
+	// not what the transport fetches (see NewSubscriber on read-ahead).
 	Concurrency int
 }
 

@@ -109,28 +109,35 @@
 // a prefix), prefix, unroutable ("error", the default, or "accept"; see
 // Guarantees), queue_type ("classic" or "quorum"), publish_channels (size
 // of the pool of confirm-mode channels concurrent publishers share,
-// default 4), max_message_size (the largest body sent, default 134217728:
-// set it to the broker's max_message_size if that was changed), and
-// amqp091-go's own heartbeat, connection_timeout, channel_max,
-// server_name_indication, certfile, keyfile and cacertfile. Other
-// parameters are rejected, so a typo does not go unnoticed, and so is a
-// URL amqp091-go would read as something else than it says (it falls back
-// to localhost:5672 and guest/guest for what it does not find): one
+// default 4), prefetch (the deliveries each subscription's consumer
+// keeps, default its concurrency + 128; see below), max_message_size (the
+// largest body sent, default 134217728: set it to the broker's
+// max_message_size if that was changed), and amqp091-go's own heartbeat,
+// connection_timeout, channel_max, server_name_indication, certfile,
+// keyfile and cacertfile. Other parameters are rejected, so a typo does
+// not go unnoticed, and so is a URL amqp091-go would read as something
+// else than it says (it falls back to localhost:5672 and guest/guest for
+// what it does not find): one
 // without "//" after the scheme, without a host, with a port that is not a
 // number from 1 to 65535 or with a fragment.
 //
 // # Guarantees
 //
-// Publishing always uses publisher confirms and the mandatory flag: Publish
-// returns nil only after the broker confirmed every message, and reports in
-// an *driver.PublishError every message the broker nacked, returned as
-// unroutable (wrapping driver.ErrUnroutable: no subscription matches its
-// name), or did not confirm before the connection was lost or the message's
-// context ended. A message in that list may still have reached the broker
-// (a confirm can be lost with the connection): delivery is at least once.
-// The check for unroutable events goes through the subscriptions'
-// exchanges: an event routed only to exchanges without a queue is
-// returned as well.
+// Publishing always uses publisher confirms and the mandatory flag.
+// Concurrent Publish calls share the confirm windows of a small pool of
+// channels (group commit; see Publisher): each channel's writer sends what
+// callers queued back to back, so many confirms are in flight however
+// few events each call has, and a call of events with different names
+// (Bus.Publish through driver.BatchPublisher) goes out on one channel in
+// order. Publish returns nil only after the broker confirmed every
+// message, and reports in an *driver.PublishError every message the
+// broker nacked, returned as unroutable (wrapping driver.ErrUnroutable: no
+// subscription matches its name), or did not confirm before the
+// connection was lost or the message's context ended. A message in that
+// list may still have reached the broker (a confirm can be lost with the
+// connection): delivery is at least once. The check for unroutable events
+// goes through the subscriptions' exchanges: an event routed only to
+// exchanges without a queue is returned as well.
 //
 // With ?unroutable=accept, for a publisher deployed before its consumers,
 // Publish accepts an event no subscription matches: the broker drops it
@@ -162,12 +169,21 @@
 // the connection; a subscriber's Close likewise waits at most 2 s for the
 // broker, plus the time its messages in flight take to be settled.
 //
-// A subscriber sets the channel prefetch to the subscription's concurrency,
-// acknowledges a message after its handler succeeded and requeues it when
-// the bus nacks it (the bus's retry and poison middleware keep handler
-// failures from looping). Headers that are not strings, such as RabbitMQ's
-// x-death table or numbers set by other clients, are converted to strings
-// (tables and arrays as JSON) instead of failing the message.
+// A subscriber keeps a window of deliveries larger than the subscription's
+// concurrency (the channel prefetch: ?prefetch=, default Concurrency +
+// 128) and hands at most Concurrency of them to the bus at a time, in the
+// broker's order, so the next delivery is already in the client when a
+// handler finishes; Concurrency(1) thus handles the events in the broker's
+// order without waiting a round trip for each. Deliveries in the window
+// are unacknowledged: they come back to the queue when the subscriber
+// closes or crashes. It acknowledges a message after its handler
+// succeeded, cumulatively (one basic.ack with multiple=true covers every
+// delivery up to one whose predecessors are all settled, so under load one
+// frame acknowledges many), and requeues it when the bus nacks it (the
+// bus's retry and poison middleware keep handler failures from looping).
+// Headers that are not strings, such as RabbitMQ's x-death table or
+// numbers set by other clients, are converted to strings (tables and
+// arrays as JSON) instead of failing the message.
 //
 // The first connection is retried with backoff until the ctx given to Open
 // (eventbus.New) ends, except for refused credentials or vhost, which fail

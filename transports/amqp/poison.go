@@ -134,8 +134,8 @@ func (p *poisonQueue) Scan(ctx context.Context, pageSize int, visit func([]*mess
 	// After a call abandoned at ctx's end, within has closed the channel,
 	// which requeues what it holds; otherwise closing it does.
 	defer p.t.closeChannel(ctx, ch)
-	var lastTag uint64
-	kept := 0 // records visited and not deleted
+	var lastKept uint64 // the highest delivery tag of a record kept
+	kept := 0           // records visited and not deleted
 	for remaining > 0 {
 		page := make([]*message.Message, 0, min(pageSize, remaining))
 		tags := make([]uint64, 0, cap(page))
@@ -156,30 +156,37 @@ func (p *poisonQueue) Scan(ctx context.Context, pageSize int, visit func([]*mess
 			remaining--
 			page = append(page, toMessage(&d))
 			tags = append(tags, d.DeliveryTag)
-			lastTag = d.DeliveryTag
 		}
 		if len(page) == 0 {
 			break
 		}
 		del, verr := visit(page)
-		kept += len(page)
+		deleted := make([]bool, len(page))
 		for _, i := range del {
-			if i < 0 || i >= len(tags) {
+			if i < 0 || i >= len(tags) || deleted[i] {
 				continue
 			}
 			if err := ch.Ack(tags[i], false); err != nil {
 				return fmt.Errorf("amqp transport: removing from poison queue %s: %w", p.name, err)
 			}
-			kept--
+			deleted[i] = true
+		}
+		for i, tag := range tags {
+			if !deleted[i] {
+				kept++
+				lastKept = tag
+			}
 		}
 		if verr != nil {
 			return verr
 		}
 	}
-	if lastTag > 0 {
+	if kept > 0 {
 		// Requeue the records kept; the deleted ones are acknowledged
-		// already, so "multiple" reaches only the kept ones.
-		if err := ch.Nack(lastTag, true, true); err != nil {
+		// already, so "multiple" reaches only the kept ones. The tag is
+		// the last kept one: a nack of a tag already acknowledged (the
+		// last record read, deleted) is a channel error.
+		if err := ch.Nack(lastKept, true, true); err != nil {
 			return fmt.Errorf("amqp transport: requeueing poison queue %s: %w", p.name, err)
 		}
 		// The broker counts requeued messages as ready only some time

@@ -68,7 +68,7 @@ func TestPubChannelConfirmQueue(t *testing.T) {
 		}
 	}
 	var pe *driver.PublishError
-	if err := b.err("k"); !errors.As(err, &pe) || len(pe.Failed) != 4 || pe.Failed[0].UUID != "m1" {
+	if err := b.err(); !errors.As(err, &pe) || len(pe.Failed) != 4 || pe.Failed[0].UUID != "m1" {
 		t.Errorf("batch error %v, want a PublishError naming m1, m2, m5, m6", err)
 	}
 }

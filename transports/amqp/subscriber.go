@@ -25,8 +25,10 @@ import (
 
 // NewSubscriber returns a subscriber for one subscription group. Its
 // Subscribe(ctx, pattern) declares the group's durable queue and exchange,
-// binds them (see changePattern) and consumes the queue with a prefetch of
-// cfg.Concurrency, so that many messages are in flight at once.
+// binds them (see changePattern) and consumes the queue with a window of
+// deliveries larger than cfg.Concurrency (see prefetchWindow): the broker
+// keeps sending while handlers run, and at most cfg.Concurrency messages
+// are handed to the bus at a time.
 func (t *Transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscriber, error) {
 	if t.isClosed() {
 		return nil, errClosed
@@ -49,7 +51,7 @@ func (t *Transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscrib
 	if cfg.Concurrency > math.MaxUint16 {
 		cfg.Concurrency = math.MaxUint16
 	}
-	s := &subscriber{t: t, cfg: cfg}
+	s := &subscriber{t: t, cfg: cfg, window: prefetchWindow(t.opts.prefetch, cfg.Concurrency), tokens: make(chan struct{}, cfg.Concurrency)}
 	s.life, s.stop = context.WithCancel(t.msgCtx)
 	t.subsMu.Lock()
 	t.subs[s] = struct{}{}
@@ -57,10 +59,41 @@ func (t *Transport) NewSubscriber(cfg driver.SubscriberConfig) (message.Subscrib
 	return s, nil
 }
 
+// DefaultReadAhead is how many deliveries a subscription keeps waiting
+// beyond those being handled when the URL does not set ?prefetch=: its
+// channel prefetch is Concurrency + DefaultReadAhead; see prefetchWindow.
+const DefaultReadAhead = 128
+
+// prefetchWindow is the channel prefetch (basic.qos) of a subscription:
+// how many deliveries the broker sends before it waits for acks. It is
+// larger than the subscription's concurrency, so that the next deliveries
+// are already here when a handler finishes, rather than a round trip away:
+// with the prefetch equal to the concurrency, Concurrency(1) handled one
+// event per round trip (0.23-0.45x raw consumption with prefetch 200), and
+// Concurrency(16) reached 0.72x with a window of 64 and 0.92-0.99x with
+// 128 to 256. The deliveries beyond the concurrency wait in the client,
+// unacknowledged, and come back to the queue when the subscriber closes or
+// crashes, as deliveries always do. ?prefetch=N sets it for every
+// subscription of the transport (at least the subscription's concurrency
+// is used); the default is Concurrency + 128. Each waiting delivery holds
+// its message in memory: lower it for large events (128 events of 1 MiB
+// are 128 MiB per subscription).
+func prefetchWindow(prefetch, concurrency int) int {
+	w := prefetch
+	if w == 0 {
+		w = concurrency + DefaultReadAhead
+	}
+	return min(max(w, concurrency), math.MaxUint16)
+}
+
 // subscriber consumes one group's queue.
 type subscriber struct {
 	t   *Transport
 	cfg driver.SubscriberConfig
+	// window is the channel's prefetch; tokens holds one token per message
+	// handed to the bus and not yet settled, at most Concurrency.
+	window int
+	tokens chan struct{}
 	// life ends when the subscriber or the transport closes; the
 	// subscription's consumers, and their re-establishment after a
 	// connection loss, last as long.
@@ -103,6 +136,88 @@ type consumer struct {
 	ch         *amqp091.Channel
 	tag        string
 	deliveries <-chan amqp091.Delivery
+	acks       *acks // made by forward
+}
+
+// acks acknowledges the deliveries of one consumer channel cumulatively:
+// one basic.ack with multiple=true covers every delivery up to a tag once
+// all of them are settled. The goroutine that settles a delivery while no
+// other one is sending becomes the sender: it acknowledges up to the
+// highest tag below which everything is settled, and again for what was
+// settled while it wrote, until nothing is left; the others only record
+// their tag. One delivery at a time is acknowledged as before; under load
+// one write acknowledges many, which saves the client a system call and
+// the broker a frame per delivery (acknowledging each delivery was a
+// fifth of the consumer's CPU time at Concurrency(16)).
+//
+// A nack is sent at once, on its own, before its tag is recorded as
+// settled, so a later cumulative ack never covers a delivery that was
+// given back. Deliveries the subscriber holds without having handed them
+// out are not registered yet, so the acknowledgements never pass them.
+type acks struct {
+	ch      *amqp091.Channel
+	mu      sync.Mutex
+	order   []uint64        // tags handed out and not yet acknowledged, in delivery order
+	settled map[uint64]bool // tags in order whose message is settled
+	upTo    uint64          // highest tag below which everything is settled and unsent (0: none)
+	sending bool
+}
+
+func newAcks(ch *amqp091.Channel) *acks {
+	return &acks{ch: ch, settled: map[uint64]bool{}}
+}
+
+// handOut registers a delivery about to be handed to the bus.
+func (a *acks) handOut(tag uint64) {
+	a.mu.Lock()
+	a.order = append(a.order, tag)
+	a.mu.Unlock()
+}
+
+// done records that the delivery tag is settled (acknowledged by the bus
+// when ack is set; nacked and sent already otherwise) and sends the
+// acknowledgements that are due, unless another goroutine is sending;
+// then that one sends them. It returns the error of the write it made.
+func (a *acks) done(tag uint64, ack bool) error {
+	a.mu.Lock()
+	a.settled[tag] = ack
+	// Advance over the settled prefix.
+	n := 0
+	for n < len(a.order) {
+		acked, ok := a.settled[a.order[n]]
+		if !ok {
+			break
+		}
+		delete(a.settled, a.order[n])
+		if acked {
+			a.upTo = a.order[n]
+		}
+		n++
+	}
+	if n > 0 {
+		a.order = a.order[n:]
+		if len(a.order) == 0 && cap(a.order) > 1024 {
+			a.order = nil
+		}
+	}
+	if a.sending {
+		a.mu.Unlock()
+		return nil
+	}
+	a.sending = true
+	var err error
+	for a.upTo != 0 {
+		upTo := a.upTo
+		a.upTo = 0
+		a.mu.Unlock()
+		if e := a.ch.Ack(upTo, true); e != nil {
+			err = e
+		}
+		a.mu.Lock()
+	}
+	a.sending = false
+	a.mu.Unlock()
+	return err
 }
 
 // setupRetry sets up a consumer within ctx (and the subscriber's life),
@@ -165,7 +280,7 @@ func (s *subscriber) setup(ctx context.Context, conn *amqp091.Connection, patter
 		tag := "eventbus-" + watermill.NewShortUUID()
 		var d <-chan amqp091.Delivery
 		err = s.t.within(ctx, ch, fmt.Sprintf("setting up the consumer of queue %q", n.queue), func() error {
-			if err := ch.Qos(s.cfg.Concurrency, 0, false); err != nil {
+			if err := ch.Qos(s.window, 0, false); err != nil {
 				return err
 			}
 			// Declare everything again on every (re)subscription: a consumer
@@ -286,9 +401,11 @@ func (s *subscriber) pause(d time.Duration) {
 	}
 }
 
-// forward hands deliveries to out. It returns true when the subscriber
-// should stop (it or the transport closed) and false when the deliveries
-// ended because the channel died.
+// forward hands deliveries to out, in the broker's order, each once a
+// token is free (at most Concurrency are out at a time); the rest of the
+// window waits in the client. It returns true when the subscriber should
+// stop (it or the transport closed) and false when the deliveries ended
+// because the channel died.
 func (s *subscriber) forward(c *consumer, out chan<- *message.Message, inflight *sync.WaitGroup) bool {
 	for {
 		var d amqp091.Delivery
@@ -301,33 +418,57 @@ func (s *subscriber) forward(c *consumer, out chan<- *message.Message, inflight 
 		case <-s.life.Done():
 			return true
 		}
+		// Non-blocking attempts first: a select with a default case is a
+		// plain channel operation, far cheaper than a blocking multi-way
+		// select, and this runs once per event.
+		select {
+		case s.tokens <- struct{}{}:
+		default:
+			select {
+			case s.tokens <- struct{}{}:
+			case <-s.life.Done():
+				return true // not handed over: the channel close requeues it
+			}
+		}
 		msg := toMessage(&d)
 		msg.SetContext(s.t.msgCtx)
 		select {
 		case out <- msg:
-		case <-s.life.Done():
-			return true // not handed over: the channel close requeues it
+		default:
+			select {
+			case out <- msg:
+			case <-s.life.Done():
+				<-s.tokens
+				return true // not handed over: the channel close requeues it
+			}
 		}
+		if c.acks == nil {
+			c.acks = newAcks(c.ch)
+		}
+		c.acks.handOut(d.DeliveryTag)
 		inflight.Add(1)
-		go s.settle(msg, d, inflight)
+		go s.settle(msg, d, c.acks, inflight)
 	}
 }
 
-// settle acks or nacks the delivery once the bus decided.
-func (s *subscriber) settle(msg *message.Message, d amqp091.Delivery, inflight *sync.WaitGroup) {
+// settle acks or nacks the delivery once the bus decided, and frees its
+// token.
+func (s *subscriber) settle(msg *message.Message, d amqp091.Delivery, a *acks, inflight *sync.WaitGroup) {
 	defer inflight.Done()
+	defer func() { <-s.tokens }()
 	var err error
 	select {
 	case <-msg.Acked():
-		err = d.Ack(false)
+		err = a.done(d.DeliveryTag, true)
 	case <-msg.Nacked():
 		err = d.Nack(false, true)
+		_ = a.done(d.DeliveryTag, false)
 	case <-s.t.msgCtx.Done():
 		// select picks at random among ready cases: an ack that raced
 		// with the transport's close must still be sent.
 		select {
 		case <-msg.Acked():
-			err = d.Ack(false)
+			err = a.done(d.DeliveryTag, true)
 		default:
 			return // the transport closed: the broker requeues it
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -83,6 +84,7 @@ type options struct {
 	// acceptUnroutable makes Publish accept, and count, events no
 	// subscription matches (?unroutable=accept).
 	acceptUnroutable bool
+	prefetch         int // 0: the default of each subscription (see prefetchWindow)
 }
 
 // maxPrefix is the longest ?prefix=, so that prefixed names of the
@@ -130,6 +132,12 @@ func parseOptions(u *url.URL) (options, *url.URL, error) {
 				return o, nil, fmt.Errorf("amqp transport: publish_channels=%q must be an integer from 1 to 256", v)
 			}
 			o.publishChannels = n
+		case k == "prefetch":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > math.MaxUint16 {
+				return o, nil, fmt.Errorf("amqp transport: prefetch=%q must be an integer from 1 to 65535 (deliveries each subscription keeps buffered; at least its concurrency is used)", v)
+			}
+			o.prefetch = n
 		case k == "max_message_size":
 			// RabbitMQ caps its own setting at 512 MiB.
 			n, err := strconv.Atoi(v)
@@ -140,7 +148,7 @@ func parseOptions(u *url.URL) (options, *url.URL, error) {
 		case amqp091Params[k]:
 			continue
 		default:
-			return o, nil, fmt.Errorf("amqp transport: unknown URL parameter %q (known: exchange, prefix, unroutable, queue_type, publish_channels, max_message_size, heartbeat, connection_timeout, channel_max, certfile, keyfile, cacertfile, server_name_indication)", k)
+			return o, nil, fmt.Errorf("amqp transport: unknown URL parameter %q (known: exchange, prefix, unroutable, queue_type, publish_channels, prefetch, max_message_size, heartbeat, connection_timeout, channel_max, certfile, keyfile, cacertfile, server_name_indication)", k)
 		}
 		q.Del(k)
 	}

@@ -91,15 +91,18 @@ func payload(msg *message.Message) []byte {
 func decode(rec *sarama.ConsumerMessage) *message.Message {
 	md := make(message.Metadata, len(rec.Headers))
 	var uuid string
+	vals, off := headerValues(rec.Headers), 0
 	for _, h := range rec.Headers {
 		if h == nil {
 			continue
 		}
+		v := vals[off : off+len(h.Value)]
+		off += len(h.Value)
 		if string(h.Key) == UUIDHeader {
-			uuid = string(h.Value)
+			uuid = v
 			continue
 		}
-		md[string(h.Key)] = string(h.Value)
+		md[headerKey(h.Key)] = v
 	}
 	if uuid == "" {
 		uuid = md[wire.ID]
@@ -154,6 +157,47 @@ func eventName(rec *sarama.ConsumerMessage) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// headerValues returns the values of hs, concatenated in one string:
+// decode slices each value out of it, one allocation for all of them
+// instead of one per header (decoding was a third of the transport's own
+// CPU time per consumed record).
+func headerValues(hs []*sarama.RecordHeader) string {
+	n := 0
+	for _, h := range hs {
+		if h != nil {
+			n += len(h.Value)
+		}
+	}
+	b := make([]byte, 0, n)
+	for _, h := range hs {
+		if h != nil {
+			b = append(b, h.Value...)
+		}
+	}
+	return string(b)
+}
+
+// knownKeys are the header names of the wire format, which decode uses
+// rather than allocate a copy of each record's.
+var knownKeys = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{wire.SpecVersion, wire.ID, wire.Source, wire.Type, wire.Time, wire.EventType,
+		wire.ContentType, wire.CorrelationID, wire.CausationID, wire.PartitionKey, wire.DataVersion,
+		wire.TraceParent, wire.TraceState} {
+		m[k] = k
+	}
+	return m
+}()
+
+// headerKey returns the string of a header name, without allocating for
+// the names of the wire format.
+func headerKey(k []byte) string {
+	if s, ok := knownKeys[string(k)]; ok { // no allocation: the compiler looks up without converting
+		return s
+	}
+	return string(k)
 }
 
 // header returns the value of a record header.

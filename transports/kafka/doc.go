@@ -167,7 +167,9 @@
 //
 // At most the subscription's Concurrency messages are delivered and not
 // yet acknowledged, across all its partitions; with Concurrency 1, events
-// of one key are handled in order. Acknowledgements may come out of order:
+// of one key are handled in order. The read-ahead is Sarama's: each
+// partition's fetched records wait in its buffer (256 records) while the
+// bus handles the ones delivered. Acknowledgements may come out of order:
 // a partition's committed offset advances only past records that are all
 // settled, so a restart or rebalance redelivers exactly the records not
 // yet acknowledged (and those after them). Offsets are committed every

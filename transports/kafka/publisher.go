@@ -41,7 +41,10 @@ type Publisher struct {
 	sending sync.WaitGroup // calls handing records to a producer
 }
 
-var _ message.Publisher = (*Publisher)(nil)
+var (
+	_ message.Publisher     = (*Publisher)(nil)
+	_ driver.BatchPublisher = (*Publisher)(nil)
+)
 
 // producer is one Sarama AsyncProducer on its own client.
 type producer struct {
@@ -268,6 +271,76 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		return err
 	}
 	return p.send(kt, msgs, nil, false)
+}
+
+// PublishBatch is Publish for messages of different names: msgs[i] is
+// named topics[i]. The messages of one Kafka topic are handed to the
+// producer together, in the order given, so they are in flight at once
+// and the events of one key keep the order of the call; with
+// mapping=segment the topics of different first segments are produced
+// concurrently.
+func (p *Publisher) PublishBatch(topics []string, msgs []*message.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	if len(topics) != len(msgs) {
+		return fmt.Errorf("kafka transport: PublishBatch with %d topics for %d messages", len(topics), len(msgs))
+	}
+	type group struct {
+		topic string
+		msgs  []*message.Message
+	}
+	var groups []*group
+	byTopic := map[string]*group{}
+	var failed []driver.Failure
+	for i, m := range msgs {
+		kt, err := p.t.names.eventTopic(topics[i])
+		if err != nil {
+			failed = append(failed, driver.Failure{UUID: m.UUID, Err: err})
+			continue
+		}
+		g := byTopic[kt]
+		if g == nil {
+			g = &group{topic: kt}
+			byTopic[kt] = g
+			groups = append(groups, g)
+		}
+		g.msgs = append(g.msgs, m)
+	}
+	errs := make([]error, len(groups))
+	publish := func(k int) {
+		g := groups[k]
+		if err := p.t.ensureTopic(g.msgs[0].Context(), g.topic, p.t.opts.partitions, false); err != nil {
+			errs[k] = err
+			return
+		}
+		errs[k] = p.send(g.topic, g.msgs, nil, false)
+	}
+	if len(groups) == 1 {
+		publish(0)
+	} else {
+		var wg sync.WaitGroup
+		for k := range groups {
+			wg.Go(func() { publish(k) })
+		}
+		wg.Wait()
+	}
+	for k, err := range errs {
+		var pe *driver.PublishError
+		switch {
+		case err == nil:
+		case errors.As(err, &pe):
+			failed = append(failed, pe.Failed...)
+		default:
+			for _, m := range groups[k].msgs {
+				failed = append(failed, driver.Failure{UUID: m.UUID, Err: err})
+			}
+		}
+	}
+	if failed == nil {
+		return nil
+	}
+	return &driver.PublishError{Failed: failed}
 }
 
 // pending is a message being produced.

@@ -402,29 +402,49 @@ func (t *transport) Close() error {
 
 type publisher struct{ t *transport }
 
+var _ driver.BatchPublisher = (*publisher)(nil)
+
 // Publish enqueues each message in every group whose patterns match topic.
 // A message no group matches fails with driver.ErrUnroutable, or with
 // ?unroutable=accept is dropped and counted.
 func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
+	return p.publish(func(int) string { return topic }, msgs)
+}
+
+// PublishBatch enqueues msgs[i] in every group whose patterns match
+// topics[i], in the order given.
+func (p *publisher) PublishBatch(topics []string, msgs []*message.Message) error {
+	if len(topics) != len(msgs) {
+		return fmt.Errorf("memory transport: PublishBatch with %d topics for %d messages", len(topics), len(msgs))
+	}
+	return p.publish(func(i int) string { return topics[i] }, msgs)
+}
+
+func (p *publisher) publish(topicOf func(int) string, msgs []*message.Message) error {
 	t := p.t
 	if t.closed.Load() {
 		return errClosed
 	}
-	groups := t.b.route(topic)
-	if len(groups) == 0 && t.acceptUnroutable {
-		t.unroutable.Add(uint64(len(msgs)))
-		return nil
-	}
+	var groups []*group
+	var topic string
 	var failed []driver.Failure
-	for _, m := range msgs {
+	for i, m := range msgs {
+		if tp := topicOf(i); i == 0 || tp != topic {
+			topic = tp
+			groups = t.b.route(topic)
+		}
 		if len(groups) == 0 {
+			if t.acceptUnroutable {
+				t.unroutable.Add(1)
+				continue
+			}
 			failed = append(failed, driver.Failure{UUID: m.UUID, Err: driver.ErrUnroutable})
 			continue
 		}
 		ctx := m.Context()
-		for i, g := range groups {
+		for k, g := range groups {
 			dm := m
-			if i < len(groups)-1 {
+			if k < len(groups)-1 {
 				dm = m.Copy()
 			}
 			if err := g.push(ctx, t.ctx.Done(), dm); err != nil {

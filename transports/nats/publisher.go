@@ -19,6 +19,8 @@ import (
 // Publisher. See the package documentation, "Publishing".
 type publisher struct{ t *Transport }
 
+var _ driver.BatchPublisher = (*publisher)(nil)
+
 // Publish publishes msgs on the subject of the event name topic
 // ("<stream>.<topic>") and returns once the stream acknowledged every one.
 // Messages it could not store are listed in a *driver.PublishError.
@@ -30,7 +32,25 @@ func (p *publisher) Publish(topic string, msgs ...*message.Message) error {
 		return err
 	}
 	subject := p.t.eventSubject(topic)
-	return p.t.publish(context.Background(), func(*message.Message) (string, error) { return subject, nil }, "", msgs)
+	return p.t.publish(context.Background(), func(int, *message.Message) (string, error) { return subject, nil }, "", msgs)
+}
+
+// PublishBatch publishes msgs[i] on the subject of the event name
+// topics[i], all in flight at once, as Publish does for one name; the
+// stream stores them in the order given.
+func (p *publisher) PublishBatch(topics []string, msgs []*message.Message) error {
+	if p.t.isClosed() {
+		return errClosed
+	}
+	if len(topics) != len(msgs) {
+		return fmt.Errorf("nats transport: PublishBatch with %d topics for %d messages", len(topics), len(msgs))
+	}
+	for _, topic := range topics {
+		if err := checkTopic(topic); err != nil {
+			return err
+		}
+	}
+	return p.t.publish(context.Background(), func(i int, _ *message.Message) (string, error) { return p.t.eventSubject(topics[i]), nil }, "", msgs)
 }
 
 // Close does nothing: the transport's Close ends publishing.
@@ -77,7 +97,7 @@ func (t *Transport) Redeliver(ctx context.Context, group string, msgs ...*messag
 		return t.apiError(ctx, "looking up the consumer of group "+group, err)
 	}
 	prefix := t.opts.stream + "."
-	target := func(m *message.Message) (string, error) {
+	target := func(_ int, m *message.Message) (string, error) {
 		if s := m.Metadata.Get(metadataSubject); strings.HasPrefix(s, prefix) && checkTopic(s[len(prefix):]) == nil {
 			return s, nil
 		}
@@ -109,10 +129,10 @@ type job struct {
 }
 
 // publish publishes msgs to the event stream on the subjects target
-// gives, with the header Eventbus-Group when group is set, and returns
+// gives (for msgs[i], target(i, msgs[i])), with the header Eventbus-Group when group is set, and returns
 // once each is acknowledged or failed. A message's context bounds its
 // waits; ctx is used for messages without one.
-func (t *Transport) publish(ctx context.Context, target func(*message.Message) (string, error), group string, msgs []*message.Message) error {
+func (t *Transport) publish(ctx context.Context, target func(i int, m *message.Message) (string, error), group string, msgs []*message.Message) error {
 	jobs := make([]job, len(msgs))
 	maxPayload := int(t.nc.MaxPayload())
 	for i, m := range msgs {
@@ -122,7 +142,7 @@ func (t *Transport) publish(ctx context.Context, target func(*message.Message) (
 		if j.head.ctx == context.Background() || j.head.ctx == nil {
 			j.head.ctx = ctx
 		}
-		subject, err := target(m)
+		subject, err := target(i, m)
 		if err != nil {
 			j.err = err
 			continue
