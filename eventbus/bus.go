@@ -569,7 +569,7 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 		}
 		spans, t0 := b.startPublish(ctx, msgs)
 		err := bp.PublishBatch(topics, msgs)
-		if b.tel != nil {
+		if spans != nil {
 			// Metrics are by event name: one record per run of a name.
 			d := time.Since(t0)
 			for start := 0; start < len(msgs); {
@@ -588,7 +588,7 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 		group := msgs[start:end]
 		spans, t0 := b.startPublish(ctx, group)
 		err := b.pub.Publish(group[0].Metadata[wire.Type], group...)
-		if b.tel != nil {
+		if spans != nil {
 			b.tel.endPublish(ctx, spans, group, err, time.Since(t0))
 		}
 		if err != nil {
@@ -599,10 +599,11 @@ func (b *Bus) Publish(ctx context.Context, events ...Event) error {
 	return publishResult(failed)
 }
 
-// startPublish starts the producer span of each of msgs, unless telemetry
-// is off, and returns them with the time the transport's call starts.
+// startPublish starts the producer span of each of msgs and returns them
+// with the time the transport's call starts; nil when telemetry is off or
+// would record nothing, and then the call is not instrumented.
 func (b *Bus) startPublish(ctx context.Context, msgs []*message.Message) ([]trace.Span, time.Time) {
-	if b.tel == nil {
+	if b.tel == nil || b.tel.idle() {
 		return nil, time.Time{}
 	}
 	spans := make([]trace.Span, len(msgs))

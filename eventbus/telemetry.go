@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
@@ -94,6 +95,8 @@ type telemetry struct {
 	tracer trace.Tracer
 	// noop reports whether the tracer is a no-op now; see noopTracing.
 	noop func() bool
+	// idle reports whether nothing would be recorded (idleProviders).
+	idle func() bool
 	prop propagation.TextMapPropagator
 	// fields are the wire headers the propagator writes, replaced in a
 	// published message when it injects (see inject).
@@ -127,6 +130,7 @@ func newTelemetry(cfg Config, desc driver.Description, t driver.Transport) (*tel
 		prop = otel.GetTextMapPropagator()
 	}
 	tel := &telemetry{tracer: tp.Tracer(scopeName), prop: prop, log: cfg.Logger, noop: noopTracing(cfg.TracerProvider)}
+	tel.idle = idleProviders(cfg, tel.noop)
 	seen := map[string]bool{wire.TraceParent: true, wire.TraceState: true}
 	tel.fields = []string{wire.TraceParent, wire.TraceState}
 	for _, f := range prop.Fields() {
@@ -185,19 +189,46 @@ func newTelemetry(cfg Config, desc driver.Description, t driver.Transport) (*tel
 // installed as the global provider after New is noticed on the next event
 // (otel.GetTracerProvider then returns it).
 func noopTracing(tp trace.TracerProvider) func() bool {
-	if tp != nil {
-		_, noop := tp.(tracenoop.TracerProvider)
-		return func() bool { return noop }
+	return isUnset(tp, otel.GetTracerProvider, "*global.tracerProvider", func(tp trace.TracerProvider) bool {
+		_, ok := tp.(tracenoop.TracerProvider)
+		return ok
+	})
+}
+
+// idleProviders returns a function reporting whether the bus would record
+// nothing at the moment: no span (see noopTracing), no metric and no
+// trace context read or written, because the tracer provider, the meter
+// provider and the propagator are the otel globals with nothing installed
+// (or no-op providers given in cfg). The bus then skips its
+// instrumentation per event altogether: in the in-memory benchmark it
+// cost about 5% of the throughput even with nothing to record. Each check
+// is an atomic load, so an SDK installed after New is noticed on the next
+// event.
+func idleProviders(cfg Config, tracingNoop func() bool) func() bool {
+	meterNoop := isUnset(cfg.MeterProvider, otel.GetMeterProvider, "*global.meterProvider", func(mp metric.MeterProvider) bool {
+		_, ok := mp.(metricnoop.MeterProvider)
+		return ok
+	})
+	propNoop := isUnset(cfg.Propagator, otel.GetTextMapPropagator, "*global.textMapPropagator", func(propagation.TextMapPropagator) bool { return false })
+	return func() bool { return tracingNoop() && meterNoop() && propNoop() }
+}
+
+// isUnset returns a function reporting whether the provider given (v,
+// unless nil) is a no-op one (noop(v)) or, when none is given, whether
+// the otel global (get) is still its internal default, of type typeName,
+// which it stops being once an SDK is installed. If that type's name ever
+// changes, the global is simply never taken for unset.
+func isUnset[T comparable](v T, get func() T, typeName string, noop func(T) bool) func() bool {
+	var zero T
+	if v != zero {
+		n := noop(v)
+		return func() bool { return n }
 	}
-	g := otel.GetTracerProvider()
-	// The global provider before any SDK is set is the otel package's
-	// internal delegating one; once an SDK is set, GetTracerProvider
-	// returns the SDK's. If the type's name ever changes, tracing is
-	// simply never taken for a no-op.
-	if reflect.TypeOf(g).String() != "*global.tracerProvider" {
+	g := get()
+	if reflect.TypeOf(g).String() != typeName {
 		return func() bool { return false }
 	}
-	return func() bool { return otel.GetTracerProvider() == g }
+	return func() bool { return get() == g }
 }
 
 // start starts a span, unless tracing is a no-op: then it returns ctx and
@@ -466,6 +497,9 @@ func (d *delivery) Value(key any) any {
 // queue, and records the outcome.
 func (st *subTelemetry) process(h message.HandlerFunc, msg *message.Message, start time.Time) ([]*message.Message, error) {
 	t := st.t
+	if t.idle() {
+		return h(msg)
+	}
 	info := st.info(msg.Metadata[wire.Type])
 	orig := msg.Context()
 	parent := t.prop.Extract(orig, carrier(msg.Metadata))
