@@ -80,7 +80,7 @@ func TestTail(t *testing.T) {
 // CloudEvents JSON lines from stdin, reach a bus handler as given.
 func TestPublish(t *testing.T) {
 	svc := unique("pub")
-	eachBroker(t, []string{svc}, func(t *testing.T, br broker) {
+	eachBrokerAndNATS(t, []string{svc}, func(t *testing.T, br broker) {
 		b := newBus(t, br, svc)
 		rec := newRecorder()
 		if err := b.Subscribe("cli.#", rec.handle, eventbus.Concurrency(16)); err != nil {
@@ -132,7 +132,7 @@ func TestPublish(t *testing.T) {
 // (each handled once, by the failing subscription only) and purged.
 func TestPoison(t *testing.T) {
 	svc := unique("poison")
-	eachBroker(t, []string{svc}, func(t *testing.T, br broker) {
+	eachBrokerAndNATS(t, []string{svc}, func(t *testing.T, br broker) {
 		b := newBus(t, br, svc)
 		var failing atomic.Bool
 		failing.Store(true)
@@ -412,6 +412,23 @@ func TestExitCodesAndRedaction(t *testing.T) {
 		r := cli(t, br, "", append(cmd, "--help")...)
 		if r.code != 0 || !strings.Contains(r.stdout, "Examples:") {
 			t.Errorf("eventbus %v --help: exit %d, no example:\n%s", cmd, r.code, r.stdout)
+		}
+	}
+}
+
+// TestUnsupportedOnNATS: tail and topology, which need capabilities the
+// NATS transport lacks (driver.Tapper, driver.TopologyReader), exit with
+// exitUnsupported and say which, with the password redacted.
+func TestUnsupportedOnNATS(t *testing.T) {
+	br := natsBroker(t)
+	br.url = strings.Replace(br.url, "nats://", "nats://ops:s3cret@", 1)
+	for _, args := range [][]string{{"tail", "user.#", "--count", "1"}, {"topology", "--service", "billing"}} {
+		r := cli(t, br, "", args...)
+		if r.code != exitUnsupported || !strings.Contains(r.stderr, "does not implement driver.") {
+			t.Errorf("eventbus %s on NATS: exit %d, %q; want %d and the capability named", args[0], r.code, r.stderr, exitUnsupported)
+		}
+		if strings.Contains(r.stderr+r.stdout, "s3cret") {
+			t.Errorf("eventbus %s printed the password: %s", args[0], r.stderr)
 		}
 	}
 }

@@ -25,7 +25,8 @@
 //	2    usage error (unknown command or flag, bad argument, a URL the transport does not accept)
 //	3    broker unreachable (no connection within --connect-timeout, or credentials refused)
 //	4    partial failure (some events published or replayed, others not: the output lists them)
-//	5    the transport lacks the capability the command needs (tap, topology)
+//	5    the transport lacks the capability the command needs (tap, topology:
+//	     NATS has neither yet; publish and poison work on it)
 //	130  interrupted (Ctrl-C); replay and purge finish the page in flight first
 //
 // The command line is built with spf13/cobra: the framework of kubectl,
@@ -56,6 +57,7 @@ import (
 	_ "github.com/paissive/go-eventbus/transports/amqp"
 	_ "github.com/paissive/go-eventbus/transports/kafka"
 	_ "github.com/paissive/go-eventbus/transports/memory"
+	_ "github.com/paissive/go-eventbus/transports/nats"
 )
 
 // Exit codes; see the package documentation.

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
 
@@ -67,7 +69,7 @@ func unique(prefix string) string {
 
 // broker is one test's namespace on a real broker.
 type broker struct {
-	kind string // "amqp" or "kafka"
+	kind string // "amqp", "kafka" or "nats"
 	url  string
 }
 
@@ -134,10 +136,44 @@ func kafkaBroker(t *testing.T) broker {
 	return broker{kind: "kafka", url: "kafka://" + strings.Join(brokers, ",") + "/?prefix=" + unique("t") + "&join_timeout=30s"}
 }
 
+// natsBroker returns a URL on the test NATS server (see brokertest) with
+// a stream of the test's own, deleted when the test ends.
+func natsBroker(t *testing.T) broker {
+	t.Helper()
+	base, _ := brokertest.NATSURL(t)
+	stream := unique("cli-")
+	t.Cleanup(func() {
+		nc, err := nats.Connect(base)
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, s := range []string{stream, stream + "_poison"} {
+			_ = js.DeleteStream(ctx, s)
+		}
+	})
+	return broker{kind: "nats", url: strings.TrimSuffix(base, "/") + "/?stream=" + stream}
+}
+
 // eachBroker runs f against RabbitMQ and kfake.
 func eachBroker(t *testing.T, services []string, f func(t *testing.T, br broker)) {
 	t.Run("amqp", func(t *testing.T) { f(t, amqpBroker(t, services...)) })
 	t.Run("kafka", func(t *testing.T) { f(t, kafkaBroker(t)) })
+}
+
+// eachBrokerAndNATS runs f against RabbitMQ, kfake and NATS, for the
+// commands the NATS transport supports (publish, poison).
+func eachBrokerAndNATS(t *testing.T, services []string, f func(t *testing.T, br broker)) {
+	eachBroker(t, services, f)
+	t.Run("nats", func(t *testing.T) { f(t, natsBroker(t)) })
 }
 
 // quiet logs warnings and errors of the tests' buses.

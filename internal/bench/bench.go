@@ -2,7 +2,7 @@
 // with the raw clients of each broker (and with Watermill's own publishers
 // and subscribers) in one run, and the cost-growth matrix. cmd/bench runs
 // it; the per-transport programs (transports/amqp/bench,
-// transports/kafka/bench) run one table of it. docs/performance.md
+// transports/kafka/bench, transports/nats/bench) run one table of it. docs/performance.md
 // explains the tables.
 //
 // A table's scenarios run in rounds; every round runs each scenario once,

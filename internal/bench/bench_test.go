@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/paissive/go-eventbus/brokertest"
 )
 
 func TestMain(m *testing.M) {
@@ -101,5 +103,29 @@ func TestGrowthMemory(t *testing.T) {
 	g.Print(&out)
 	if !strings.Contains(out.String(), "| memory | 100 |") {
 		t.Errorf("printed matrix lacks the 100-subscription row:\n%s", out.String())
+	}
+}
+
+// TestNATSTable runs the NATS table with few events on the test server
+// (brokertest.NATSURL): every row measures, the raw rows send the bus's
+// wire format, and the targets are printed. It deletes what it created.
+func TestNATSTable(t *testing.T) {
+	url, _ := brokertest.NATSURL(t)
+	tb := NATSTable(NATSConfig{URL: url, N: 400, Batch: 50})
+	rep, err := tb.Run(context.Background(), 1, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rep.Rows {
+		if len(r.Rates) != 1 || r.Rates[0] <= 0 {
+			t.Errorf("%s: rates %v", r.Name, r.Rates)
+		}
+	}
+	var out bytes.Buffer
+	rep.Print(&out)
+	for _, want := range []string{"| bus consume, Concurrency(16) |", "bus batches / raw batches:", "bus consume C16 / pull consume:"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("printed table lacks %q:\n%s", want, out.String())
+		}
 	}
 }

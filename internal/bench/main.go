@@ -18,7 +18,8 @@ import (
 // returns the exit code; cmd is how the command is invoked, for the usage
 // line. Flags:
 //
-//	-only amqp,kafka,memory,growth  what to run (default amqp,kafka,memory;
+//	-only amqp,kafka,memory,nats,growth
+//	                                what to run (default amqp,kafka,memory,nats;
 //	                                growth is the cost-growth matrix)
 //	-growth                         add the cost-growth matrix
 //	-growth-transports memory,...   limit it to some of memory, amqp,
@@ -30,6 +31,10 @@ import (
 //	                                else amqp://guest:guest@127.0.0.1:5672/)
 //	-kafka-brokers host:port,...    Kafka (default $EVENTBUS_TEST_KAFKA_BROKERS,
 //	                                else an in-process kfake cluster)
+//	-nats-url URL                   NATS with JetStream (default
+//	                                $EVENTBUS_TEST_NATS_URL, else
+//	                                nats://127.0.0.1:4222)
+//	-batch 100                      events per Publish call in the NATS table
 //	-bus-params k=v&...             extra URL parameters for the RabbitMQ bus
 //	-json file                      write every figure as JSON (the chart's input)
 //	-cpuprofile file                CPU profile; samples carry scenario=<row>
@@ -39,7 +44,7 @@ import (
 // Tables go to stdout in Markdown, progress to stderr.
 func Main(args []string, cmd string) int {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	only := fs.String("only", "amqp,kafka,memory", "comma-separated: amqp, kafka, memory, growth")
+	only := fs.String("only", "amqp,kafka,memory,nats", "comma-separated: amqp, kafka, memory, nats, growth")
 	growth := fs.Bool("growth", false, "also run the cost-growth matrix (1, 10 and 100 subscriptions; 256 B, 16 KiB and 1 MiB payloads)")
 	growthOnly := fs.String("growth-transports", "", "limit the growth matrix to these: memory, amqp, kafka-single, kafka-segment")
 	rounds := fs.Int("rounds", 3, "rounds per table; the tables show medians")
@@ -47,6 +52,8 @@ func Main(args []string, cmd string) int {
 	size := fs.Int("size", 256, "payload bytes in the comparison tables")
 	amqpURL := fs.String("amqp-url", envOr("EVENTBUS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), "RabbitMQ URL")
 	kafkaBrokers := fs.String("kafka-brokers", os.Getenv("EVENTBUS_TEST_KAFKA_BROKERS"), "Kafka brokers, host:port,...; empty: an in-process kfake cluster")
+	natsURL := fs.String("nats-url", natsDefaultURL(), "NATS server with JetStream")
+	batch := fs.Int("batch", 100, "events per Publish call (and per raw batch) in the NATS table")
 	busParams := fs.String("bus-params", "", "extra URL query parameters for the RabbitMQ bus, e.g. prefetch=64")
 	jsonOut := fs.String("json", "", "write the figures as JSON to this file")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile; samples carry the label scenario=<row>")
@@ -61,9 +68,9 @@ func Main(args []string, cmd string) int {
 	}
 	for _, w := range what {
 		switch w {
-		case "amqp", "kafka", "memory", "growth":
+		case "amqp", "kafka", "memory", "nats", "growth":
 		default:
-			fmt.Fprintf(os.Stderr, "%s: -only %q: want amqp, kafka, memory or growth\n", cmd, w)
+			fmt.Fprintf(os.Stderr, "%s: -only %q: want amqp, kafka, memory, nats or growth\n", cmd, w)
 			return 2
 		}
 	}
@@ -125,6 +132,8 @@ func Main(args []string, cmd string) int {
 			t = KafkaTable(KafkaConfig{Brokers: bs, Where: kafka.where, N: n(20000), Size: *size})
 		case "memory":
 			t = MemoryTable(MemoryConfig{N: n(200000), Size: *size})
+		case "nats":
+			t = NATSTable(NATSConfig{URL: *natsURL, N: n(20000), Size: *size, Batch: *batch})
 		case "growth":
 			bs, err := brokers()
 			if err != nil {
@@ -187,6 +196,15 @@ func selectRows(all []*Scenario, words []string) []*Scenario {
 		}
 	}
 	return rows
+}
+
+// natsDefaultURL is $EVENTBUS_TEST_NATS_URL unless it asks the tests for
+// an in-process server ("embedded"), else the local server.
+func natsDefaultURL() string {
+	if u := os.Getenv("EVENTBUS_TEST_NATS_URL"); u != "" && u != "embedded" {
+		return u
+	}
+	return "nats://127.0.0.1:4222"
 }
 
 func envOr(key, def string) string {

@@ -76,10 +76,19 @@ func toNATS(subject string, msg *message.Message) *nats.Msg {
 // message, undoing toNATS. fallbackID is the UUID of a message that names
 // none (a foreign producer's without ce_id): something stable, such as
 // the stream and sequence, so that every delivery of it has the same ID.
-func fromNATS(h nats.Header, data []byte, fallbackID string) *message.Message {
-	// Room for the Nats-Subject the subscriber adds: a map that grows
-	// costs more than the rest of the conversion.
-	md := make(message.Metadata, len(h)+1)
+//
+// extra is room for entries the caller adds. The map is sized for exactly
+// what it will hold: a map of up to 8 entries (a bus event's CloudEvents
+// attributes) is one group, a larger one a table that costs more than
+// the rest of the conversion.
+func fromNATS(h nats.Header, data []byte, fallbackID string, extra int) *message.Message {
+	n := len(h) + extra
+	for _, k := range [...]string{headerMsgID, headerGroup, headerLarge, headerChunk, headerUUID} {
+		if _, ok := h[k]; ok {
+			n--
+		}
+	}
+	md := make(message.Metadata, n)
 	var uuid string
 	for k, vs := range h {
 		if len(vs) == 0 {

@@ -56,7 +56,7 @@ func TestHeaderRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := fromNATS(h, nm.Data, "fallback")
+	out := fromNATS(h, nm.Data, "fallback", 0)
 	if out.UUID != "uuid-1" {
 		t.Errorf("UUID = %q, want uuid-1", out.UUID)
 	}
@@ -150,5 +150,26 @@ func TestHeaderRoundTripThroughServer(t *testing.T) {
 	info, err := events.Info(ctx)
 	if err != nil || info.State.Msgs != 2 {
 		t.Errorf("stream holds %d messages (%v), want the 2 published", info.State.Msgs, err)
+	}
+}
+
+// BenchmarkConvert is the subscriber's conversion of a delivered bus event
+// (its CloudEvents headers and a Nats-Msg-Id) into the message the bus
+// decodes.
+func BenchmarkConvert(b *testing.B) {
+	wm := driver.Encode(driver.Envelope{
+		ID: "8f3c2b1a-0000-4000-8000-000000000001", Name: "user.registered", Source: "bench",
+		Type: "user.registered", Time: time.Now(), CorrelationID: "8f3c2b1a-0000-4000-8000-000000000001",
+		Data: []byte(`{"p":"x"}`),
+	})
+	m := toNATS("events.user.registered", wm)
+	m.Header[headerMsgID] = []string{"id"}
+	p := &puller{s: &subscriber{t: &Transport{msgCtx: context.Background()}}, prefix: "events."}
+	p.s.t.opts.stream = "events"
+	b.ReportAllocs()
+	for b.Loop() {
+		if got := p.convert(m, m.Data); got.UUID == "" {
+			b.Fatal("no UUID")
+		}
 	}
 }

@@ -110,7 +110,7 @@ func (q *poisonQueue) Scan(ctx context.Context, pageSize int, visit func(page []
 					return q.t.apiError(ctx, "reading the body of a large poison record", err)
 				}
 			}
-			m := fromNATS(rm.Header, data, ps.CachedInfo().Config.Name+":"+strconv.FormatUint(rm.Sequence, 10))
+			m := fromNATS(rm.Header, data, ps.CachedInfo().Config.Name+":"+strconv.FormatUint(rm.Sequence, 10), 0)
 			page = append(page, m)
 			recs = append(recs, rec)
 		}

@@ -507,6 +507,14 @@ func (p *puller) skip(m *nats.Msg) bool {
 	return !p.s.exact && p.s.cfg.Match != nil && !p.s.cfg.Match(strings.TrimPrefix(m.Subject, p.prefix))
 }
 
+// ownSubject reports whether m's subject is the one the transport gives
+// the event name in its ce_type header.
+func (p *puller) ownSubject(m *nats.Msg) bool {
+	name := m.Header.Get(driver.HeaderType)
+	return name != "" && len(m.Subject) == len(p.prefix)+len(name) &&
+		strings.HasPrefix(m.Subject, p.prefix) && strings.HasSuffix(m.Subject, name)
+}
+
 // convert returns the Watermill message of m with body data.
 func (p *puller) convert(m *nats.Msg, data []byte) *message.Message {
 	fallback := ""
@@ -518,8 +526,17 @@ func (p *puller) convert(m *nats.Msg, data []byte) *message.Message {
 			fallback += ":" + strconv.FormatUint(meta.Sequence.Stream, 10)
 		}
 	}
-	wm := fromNATS(m.Header, data, fallback)
-	wm.Metadata[metadataSubject] = m.Subject
+	// The subject is kept when it is not the one of the event's name (a
+	// foreign message's), so that Redeliver can send a poison record back
+	// to it; for the bus's own events it would only cost a map entry.
+	var extra int
+	if !p.ownSubject(m) {
+		extra = 1
+	}
+	wm := fromNATS(m.Header, data, fallback, extra)
+	if extra > 0 {
+		wm.Metadata[metadataSubject] = m.Subject
+	}
 	wm.SetContext(p.s.t.msgCtx)
 	return wm
 }

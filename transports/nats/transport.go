@@ -85,6 +85,10 @@ type Transport struct {
 	// connGen changes on every reconnection, so that subscribers re-issue
 	// their pull requests.
 	connGen atomic.Uint64
+	// state is the connection's state for Connectivity; reconnects counts
+	// the failed reconnection attempts since the connection was lost.
+	state      *connState
+	reconnects atomic.Int64
 
 	// ensureMu serialises re-creating streams after a server lost them.
 	ensureMu   sync.Mutex
@@ -135,6 +139,7 @@ func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 		dialer:   &dialer{},
 		done:     make(chan struct{}),
 		subs:     map[*subscriber]struct{}{},
+		state:    newConnState(opts.password, opts.token),
 	}
 	t.msgCtx, t.msgStop = context.WithCancel(context.Background())
 	nc, err := t.connect(ctx, cfg)
@@ -179,11 +184,29 @@ func (t *Transport) connect(ctx context.Context, cfg driver.Config) (*nats.Conn,
 		nats.MaxPingsOutstanding(maxPingsOut),
 		nats.FlusherTimeout(10 * time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if !t.closed.Load() {
-				t.log.Warn("nats transport: connection to the server lost; reconnecting", "error", err)
+			if t.closed.Load() {
+				return
+			}
+			if err == nil {
+				err = errors.New("connection to the server closed")
+			}
+			t.state.down(err)
+			t.log.Warn("nats transport: connection to the server lost; reconnecting", "error", err)
+		}),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			if t.closed.Load() {
+				return
+			}
+			t.state.down(err)
+			// nats.go tries about every 0.2 to 1.2 s: log the 1st, 2nd,
+			// 4th, 8th... failure, not each.
+			if n := t.reconnects.Add(1); n&(n-1) == 0 {
+				t.log.Warn("nats transport: cannot reconnect to the server; retrying", "attempt", n, "error", err)
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
+			t.reconnects.Store(0)
+			t.state.up()
 			t.connGen.Add(1)
 			t.log.Info("nats transport: reconnected", "server", nc.ConnectedUrlRedacted())
 			t.wakeSubscribers()
@@ -220,13 +243,15 @@ func (t *Transport) connect(ctx context.Context, cfg driver.Config) (*nats.Conn,
 	for attempt := 1; ; attempt++ {
 		nc, err := t.dialOnce(ctx, url, nopts)
 		if err == nil {
+			t.state.up()
 			return nc, nil
 		}
+		t.state.down(err)
 		if refused(err) {
 			return nil, fmt.Errorf("nats transport: the server at %s refused the connection: %w", t.redacted, err)
 		}
-		t.log.Debug("nats transport: cannot connect; retrying", "attempt", attempt, "error", err)
 		wait := delay/2 + rand.N(delay/2+1)
+		t.log.Warn("nats transport: cannot connect to the server; retrying", "attempt", attempt, "delay", wait, "error", err)
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("nats transport: cannot connect to %s after %d attempt(s) (%w); last error: %w", t.redacted, attempt, ctx.Err(), err)
@@ -542,6 +567,7 @@ func (t *Transport) Close() error {
 	case <-time.After(closeTimeout):
 	}
 	t.closeErr = t.closeConn()
+	t.state.down(nil)
 	select {
 	case <-stopped:
 	case <-time.After(closeTimeout):
