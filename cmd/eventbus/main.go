@@ -25,8 +25,8 @@
 //	2    usage error (unknown command or flag, bad argument, a URL the transport does not accept)
 //	3    broker unreachable (no connection within --connect-timeout, or credentials refused)
 //	4    partial failure (some events published or replayed, others not: the output lists them)
-//	5    the transport lacks the capability the command needs (tap, topology:
-//	     NATS has neither yet; publish and poison work on it)
+//	5    the transport lacks the capability the command needs (tap, topology,
+//	     a tap from the beginning on RabbitMQ)
 //	130  interrupted (Ctrl-C); replay and purge finish the page in flight first
 //
 // The command line is built with spf13/cobra: the framework of kubectl,

@@ -169,8 +169,7 @@ func eachBroker(t *testing.T, services []string, f func(t *testing.T, br broker)
 	t.Run("kafka", func(t *testing.T) { f(t, kafkaBroker(t)) })
 }
 
-// eachBrokerAndNATS runs f against RabbitMQ, kfake and NATS, for the
-// commands the NATS transport supports (publish, poison).
+// eachBrokerAndNATS runs f against RabbitMQ, kfake and NATS.
 func eachBrokerAndNATS(t *testing.T, services []string, f func(t *testing.T, br broker)) {
 	eachBroker(t, services, f)
 	t.Run("nats", func(t *testing.T) { f(t, natsBroker(t)) })

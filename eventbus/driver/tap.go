@@ -16,8 +16,9 @@ import (
 // A transport without it makes such tools say so instead of guessing.
 // Brokers implement it with what they have for a throwaway reader: an
 // exclusive, auto-delete queue bound with the patterns (RabbitMQ), a
-// partition consumer outside any consumer group (Kafka), a group that is
-// not durable (memory).
+// partition consumer outside any consumer group (Kafka), an ephemeral
+// consumer without acknowledgements (NATS JetStream), a group that is not
+// durable (memory).
 type Tapper interface {
 	// Tap opens a tap for the events whose names match cfg.Match. It
 	// returns once the tap is in place, so that every matching event

@@ -69,6 +69,8 @@ const (
 	KindTopic         = "topic"          // a topic a subscription reads
 	KindConsumerGroup = "consumer-group" // a subscription's consumer group
 	KindReplayTopic   = "replay-topic"   // a subscription's replay topic
+	KindStream        = "stream"         // a stream of events (NATS JetStream)
+	KindConsumer      = "consumer"       // a subscription's durable consumer of a stream
 )
 
 // TopologyObject is one broker object.

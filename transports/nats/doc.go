@@ -52,7 +52,8 @@
 //
 // Bus.Replay (driver.Transport.Redeliver) publishes an event again on the
 // subject it was delivered on (the Nats-Subject metadata a delivered
-// message carries, which its poison record keeps; else its name) with the
+// message carries when that subject is not its name's, as for a foreign
+// producer's message, which its poison record keeps; else its name) with the
 // header Eventbus-Group naming the group: that group's consumer handles it,
 // every other group's consumer skips it (acknowledges it unseen). A group
 // without a consumer makes the replay fail with ErrUnroutable.
@@ -229,6 +230,21 @@
 // deletes the service's records up to the stream's last sequence in one
 // purge request (reading them first only if the service has large records,
 // to delete their chunks).
+//
+// # Operators' tools and health
+//
+// The transport implements the driver's optional capabilities. A tap
+// (driver.Tapper, `eventbus tail`) is an ephemeral consumer without
+// acknowledgements, from the stream's end or, with FromBeginning, its
+// first event, filtered like a subscription and deleted when the tap
+// closes (the server removes one whose client is gone after 30 s); it
+// ends when the connection drops, since the server does not send again
+// what it sent into a broken connection. Topology (driver.TopologyReader,
+// `eventbus topology`) lists the stream, the service's consumers with
+// their filter subjects and pending events, and its poison records,
+// through the JetStream API. Connectivity (Bus.Health) follows nats.go's
+// connection callbacks, Describe names the system "nats", and the poison
+// queue counts its records with one stream-info request.
 //
 // # URL parameters
 //

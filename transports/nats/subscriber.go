@@ -140,7 +140,7 @@ func (s *subscriber) Subscribe(ctx context.Context, _ string) (<-chan *message.M
 func (s *subscriber) consumerConfig() jetstream.ConsumerConfig {
 	cfg := jetstream.ConsumerConfig{
 		Durable:       s.name,
-		Description:   "go-eventbus subscription " + s.cfg.Group + " to " + s.cfg.Pattern,
+		Description:   consumerDescription(s.cfg.Group, s.cfg.Pattern),
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       s.t.opts.ackWait,
@@ -165,9 +165,10 @@ func setFilters(cfg *jetstream.ConsumerConfig, filters []string) {
 }
 
 // ensureConsumer creates the group's consumer, or updates the filter
-// subjects and AckWait of an existing one (its pattern changed, or the
-// server was upgraded and takes several filters now). Its other settings
-// are left as an operator may have set them.
+// subjects, AckWait and description (which names the pattern) of an
+// existing one (its pattern changed, or the server was upgraded and takes
+// several filters now). Its other settings are left as an operator may
+// have set them.
 func (s *subscriber) ensureConsumer(ctx context.Context) error {
 	events, _ := s.t.streams()
 	c, err := events.Consumer(ctx, s.name)
@@ -183,11 +184,13 @@ func (s *subscriber) ensureConsumer(ctx context.Context) error {
 		if cfg.FilterSubject != "" {
 			have = []string{cfg.FilterSubject}
 		}
-		if slices.Equal(have, s.filters) && cfg.AckWait == s.t.opts.ackWait {
+		desc := consumerDescription(s.cfg.Group, s.cfg.Pattern)
+		if slices.Equal(have, s.filters) && cfg.AckWait == s.t.opts.ackWait && cfg.Description == desc {
 			return nil
 		}
 		setFilters(&cfg, s.filters)
 		cfg.AckWait = s.t.opts.ackWait
+		cfg.Description = desc
 		if _, err := events.UpdateConsumer(ctx, cfg); err != nil {
 			return s.t.apiError(ctx, fmt.Sprintf("updating consumer %s of stream %s to filter subjects %v (from %v)", s.name, s.t.opts.stream, s.filters, have), err)
 		}

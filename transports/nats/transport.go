@@ -99,6 +99,7 @@ type Transport struct {
 	closeErr error
 	subsMu   sync.Mutex
 	subs     map[*subscriber]struct{}
+	taps     map[*tap]struct{} // guarded by subsMu
 }
 
 var _ driver.Transport = (*Transport)(nil)
@@ -192,6 +193,7 @@ func (t *Transport) connect(ctx context.Context, cfg driver.Config) (*nats.Conn,
 			}
 			t.state.down(err)
 			t.log.Warn("nats transport: connection to the server lost; reconnecting", "error", err)
+			t.endTaps(fmt.Errorf("nats transport: the connection to the server was lost (%w); a tap is not resumed, since what the server sent meanwhile is gone", err))
 		}),
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
 			if t.closed.Load() {
@@ -546,6 +548,7 @@ func (t *Transport) Close() error {
 	}
 	t.msgStop()
 	close(t.done)
+	t.endTaps(nil)
 	t.subsMu.Lock()
 	subs := make([]*subscriber, 0, len(t.subs))
 	for s := range t.subs {
