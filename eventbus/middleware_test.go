@@ -125,22 +125,16 @@ func TestPoisonLogLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	line := ""
-	deadline := time.Now().Add(10 * time.Second)
-	for line == "" && time.Now().Before(deadline) {
+	waitUntil(t, "the poison log line", func() bool {
 		mu.Lock()
+		defer mu.Unlock()
 		for _, l := range strings.Split(logs.String(), "\n") {
 			if strings.Contains(l, "moved to poison queue") {
 				line = l
 			}
 		}
-		mu.Unlock()
-		if line == "" {
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	if line == "" {
-		t.Fatal("no poison log line within 10s")
-	}
+		return line != ""
+	})
 	for _, want := range []string{"level=WARN", "event_name=invoice.created", "event_id=" + ev.ID, "correlation_id=corr-7",
 		"service=billing", "subscription=invoices", "reason=permanent", "attempts=1", `error="no such customer"`} {
 		if !strings.Contains(line, want) {

@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -84,17 +85,27 @@ func TestGlobalSDKAfterNew(t *testing.T) {
 	otel.SetTextMapPropagator(propagation.TraceContext{})
 
 	publish()
+	// The process span ends, and the consumed count is recorded, after
+	// the handler returned: wait for them.
 	kinds := map[string]int{}
-	for _, s := range exp.GetSpans() {
-		kinds[s.Name]++
-	}
+	waitUntil(t, "the process span ended", func() bool {
+		kinds = map[string]int{}
+		for _, s := range exp.GetSpans() {
+			kinds[s.Name]++
+		}
+		return kinds["process g.x"] > 0
+	})
 	if kinds["publish g.x"] != 1 || kinds["process g.x"] != 1 {
 		t.Errorf("spans after the SDK was installed: %v, want one publish g.x and one process g.x", kinds)
 	}
 	if id := traced.Load().(string); id == "00000000000000000000000000000000" {
 		t.Error("with the SDK the handler's ctx carries no trace")
 	}
-	m := metrics(t, reader)
+	var m map[string]metricdata.Metrics
+	waitUntil(t, "the consumed event counted", func() bool {
+		m = metrics(t, reader)
+		return sum(m["messaging.client.consumed.messages"]) > 0
+	})
 	if got := sum(m["messaging.client.consumed.messages"]); got != 1 {
 		t.Errorf("consumed messages recorded: %d, want 1 (the event after the SDK was installed)", got)
 	}
