@@ -21,7 +21,6 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/blocking"
-	"github.com/paissive/go-eventbus/internal/connstate"
 	"github.com/paissive/go-eventbus/internal/logkeys"
 )
 
@@ -249,7 +248,7 @@ func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 	m := &connManager{
 		url:      dialURL.String(),
 		redacted: redacted,
-		state:    connstate.New(pw),
+		state:    driver.NewConnectivityState(pw),
 		cfg:      amqpCfg,
 		log:      log,
 		exchange: opts.exchange,
@@ -536,7 +535,7 @@ type connManager struct {
 	cfg      amqp091.Config
 	log      *slog.Logger
 	exchange string
-	state    *connstate.State
+	state    *driver.ConnectivityState
 
 	mu     sync.Mutex
 	conn   *amqp091.Connection // nil while disconnected

@@ -18,7 +18,6 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/blocking"
-	"github.com/paissive/go-eventbus/internal/connstate"
 	"github.com/paissive/go-eventbus/internal/logkeys"
 )
 
@@ -61,7 +60,7 @@ type Transport struct {
 	closed  bool
 	subs    map[*subscriber]struct{}
 
-	state *connstate.State // for Connectivity
+	state *driver.ConnectivityState // for Connectivity
 }
 
 var _ driver.Transport = (*Transport)(nil)
@@ -98,7 +97,7 @@ func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 	log = log.With(logkeys.Transport, "kafka", logkeys.URL, driver.RedactURL(cfg.URL.String()))
 	pw, _ := cfg.URL.User.Password()
 	t := &Transport{
-		state:    connstate.New(pw),
+		state:    driver.NewConnectivityState(pw),
 		opts:     o,
 		names:    names{prefix: o.prefix, mapping: o.mapping},
 		service:  cfg.ServiceName,

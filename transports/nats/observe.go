@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"strings"
-	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -43,57 +40,7 @@ func (t *Transport) Describe() driver.Description {
 // successful connection until it drops, then reconnecting, with the error
 // that ended it or the last failed reconnection attempt. It does not talk
 // to the server.
-func (t *Transport) Connectivity() driver.Connectivity { return t.state.get() }
-
-// connState is the connection's state for Connectivity, updated from
-// nats.go's connection callbacks and the transport's own dial attempts.
-type connState struct {
-	secrets []string // replaced in error texts: the URL's password or token
-	mu      sync.Mutex
-	c       driver.Connectivity
-}
-
-func newConnState(secrets ...string) *connState {
-	s := &connState{c: driver.Connectivity{Since: time.Now()}}
-	for _, v := range secrets {
-		if v != "" {
-			s.secrets = append(s.secrets, v)
-		}
-	}
-	return s
-}
-
-func (s *connState) up() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.c.Connected {
-		s.c.Connected, s.c.Since = true, time.Now()
-	}
-}
-
-// down records that the server cannot be reached, because of err (nil
-// when the transport closed).
-func (s *connState) down(err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := time.Now()
-	if s.c.Connected {
-		s.c.Connected, s.c.Since = false, now
-	}
-	if err != nil {
-		text := err.Error()
-		for _, v := range s.secrets {
-			text = strings.ReplaceAll(text, v, "xxxxx")
-		}
-		s.c.LastError, s.c.LastErrorTime = text, now
-	}
-}
-
-func (s *connState) get() driver.Connectivity {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.c
-}
+func (t *Transport) Connectivity() driver.Connectivity { return t.state.Get() }
 
 // PoisonCount returns the number of the service's poison records: one
 // stream-info request for the record subject's message count, by ctx's

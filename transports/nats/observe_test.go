@@ -119,16 +119,6 @@ func TestConnectivity(t *testing.T) {
 	}
 }
 
-// TestConnectivityRedactsSecrets: an error recorded while the server
-// refuses the URL's credentials never shows the password.
-func TestConnectivityRedactsSecrets(t *testing.T) {
-	s := newConnState("s3cret", "")
-	s.down(errors.New("authorization violation for user:s3cret"))
-	if c := s.get(); strings.Contains(c.LastError, "s3cret") || !strings.Contains(c.LastError, "xxxxx") {
-		t.Errorf("LastError %q shows the password", c.LastError)
-	}
-}
-
 // TestConnectAttemptsLogged: New against a port nobody listens on logs
 // each failed attempt at Warn with the attempt, the next delay and the
 // redacted URL, and gives up at its ctx's deadline with the last error.

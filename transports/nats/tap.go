@@ -75,6 +75,7 @@ func (t *Transport) Tap(ctx context.Context, cfg driver.TapConfig) (driver.Tap, 
 		t: t, stream: events, name: cons.CachedInfo().Name, match: cfg.Match, exact: exact,
 		out: make(chan *message.Message), stop: make(chan struct{}), done: make(chan struct{}),
 	}
+	tp.life, tp.endLife = context.WithCancel(context.Background())
 	// Messages sends its first pull request without waiting for the
 	// server: it returns at once.
 	if tp.iter, err = cons.Messages(jetstream.PullMaxMessages(tapBatch)); err != nil {
@@ -108,6 +109,10 @@ type tap struct {
 	out    chan *message.Message
 	stop   chan struct{} // closed to end the tap
 	done   chan struct{} // closed when run has returned and out is closed
+	// life bounds the reads of large events' chunks, so that Close does
+	// not wait for a server that does not answer.
+	life    context.Context
+	endLife context.CancelFunc
 
 	once sync.Once
 	mu   sync.Mutex
@@ -129,6 +134,11 @@ func (tp *tap) run() {
 			return
 		}
 		wm := tp.convert(m)
+		select {
+		case <-tp.stop:
+			return // a body read cut short by Close is not shown
+		default:
+		}
 		if wm == nil {
 			continue
 		}
@@ -155,12 +165,12 @@ func (tp *tap) convert(m jetstream.Msg) *message.Message {
 	if v := h.Get(headerLarge); v != "" {
 		ref, err := parseLargeRef(v)
 		if err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			ctx, cancel := context.WithTimeout(tp.life, 30*time.Second)
 			data, err = assemble(ctx, tp.stream, ref)
 			cancel()
 		}
 		if err != nil {
-			data, lost = nil, "the body is lost: "+err.Error()
+			data, lost = nil, "the body could not be read: "+err.Error()
 		}
 	}
 	wm := fromNATS(h, data, "", 0)
@@ -177,6 +187,7 @@ func (tp *tap) end(err error) {
 		tp.err = err
 		tp.mu.Unlock()
 		close(tp.stop)
+		tp.endLife()
 		tp.iter.Stop()
 		tp.t.subsMu.Lock()
 		delete(tp.t.taps, tp)

@@ -129,3 +129,29 @@ func TestTapEndsWhenTheConnectionIsLost(t *testing.T) {
 		t.Error("Tap on a closed transport succeeded")
 	}
 }
+
+// TestTapCloseBoundedWhileFrozen: a tap's Close returns within about 2 s
+// while the server accepts and never answers.
+func TestTapCloseBoundedWhileFrozen(t *testing.T) {
+	url, px := faultyURL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tr, err := driver.Open(ctx, url, driver.Config{ServiceName: unique("tapfrozen-")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+	tp, err := tr.(*Transport).Tap(ctx, driver.TapConfig{Patterns: []string{"frozen.#"}, Match: matcher("frozen.#")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	px.Stall()
+	start := time.Now()
+	if err := tp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("Close took %v while the server was frozen, want at most about 2s", d)
+	}
+	px.Heal()
+}

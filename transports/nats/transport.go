@@ -87,7 +87,7 @@ type Transport struct {
 	connGen atomic.Uint64
 	// state is the connection's state for Connectivity; reconnects counts
 	// the failed reconnection attempts since the connection was lost.
-	state      *connState
+	state      *driver.ConnectivityState
 	reconnects atomic.Int64
 
 	// ensureMu serialises re-creating streams after a server lost them.
@@ -140,7 +140,7 @@ func open(ctx context.Context, cfg driver.Config) (*Transport, error) {
 		dialer:   &dialer{},
 		done:     make(chan struct{}),
 		subs:     map[*subscriber]struct{}{},
-		state:    newConnState(opts.password, opts.token),
+		state:    driver.NewConnectivityState(opts.password, opts.token),
 	}
 	t.msgCtx, t.msgStop = context.WithCancel(context.Background())
 	nc, err := t.connect(ctx, cfg)
@@ -191,7 +191,7 @@ func (t *Transport) connect(ctx context.Context, cfg driver.Config) (*nats.Conn,
 			if err == nil {
 				err = errors.New("connection to the server closed")
 			}
-			t.state.down(err)
+			t.state.Down(err)
 			t.log.Warn("nats transport: connection to the server lost; reconnecting", "error", err)
 			t.endTaps(fmt.Errorf("nats transport: the connection to the server was lost (%w); a tap is not resumed, since what the server sent meanwhile is gone", err))
 		}),
@@ -199,7 +199,7 @@ func (t *Transport) connect(ctx context.Context, cfg driver.Config) (*nats.Conn,
 			if t.closed.Load() {
 				return
 			}
-			t.state.down(err)
+			t.state.Down(err)
 			// nats.go tries about every 0.2 to 1.2 s: log the 1st, 2nd,
 			// 4th, 8th... failure, not each.
 			if n := t.reconnects.Add(1); n&(n-1) == 0 {
@@ -208,7 +208,7 @@ func (t *Transport) connect(ctx context.Context, cfg driver.Config) (*nats.Conn,
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			t.reconnects.Store(0)
-			t.state.up()
+			t.state.Up()
 			t.connGen.Add(1)
 			t.log.Info("nats transport: reconnected", "server", nc.ConnectedUrlRedacted())
 			t.wakeSubscribers()
@@ -245,10 +245,10 @@ func (t *Transport) connect(ctx context.Context, cfg driver.Config) (*nats.Conn,
 	for attempt := 1; ; attempt++ {
 		nc, err := t.dialOnce(ctx, url, nopts)
 		if err == nil {
-			t.state.up()
+			t.state.Up()
 			return nc, nil
 		}
-		t.state.down(err)
+		t.state.Down(err)
 		if refused(err) {
 			return nil, fmt.Errorf("nats transport: the server at %s refused the connection: %w", t.redacted, err)
 		}
@@ -570,7 +570,7 @@ func (t *Transport) Close() error {
 	case <-time.After(closeTimeout):
 	}
 	t.closeErr = t.closeConn()
-	t.state.down(nil)
+	t.state.Down(nil)
 	select {
 	case <-stopped:
 	case <-time.After(closeTimeout):
