@@ -1,7 +1,6 @@
 package eventbus_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/syncbuf"
 	"github.com/paissive/go-eventbus/transports/memory"
 )
 
@@ -96,17 +96,12 @@ func TestMiddlewareOrder(t *testing.T) {
 // its correlation ID, the service, the subscription, the reason, the
 // attempts and the error, under the keys every package uses.
 func TestPoisonLogLine(t *testing.T) {
-	var logs bytes.Buffer
-	var mu sync.Mutex
+	var logs syncbuf.Buffer
 	name := "bus-test-" + t.Name()
 	t.Cleanup(func() { memory.Forget(name) })
 	b, err := eventbus.New(context.Background(), eventbus.Config{
 		ServiceName: "billing", URL: "mem://" + name,
-		Logger: slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
-			mu.Lock()
-			defer mu.Unlock()
-			return logs.Write(p)
-		}), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -126,8 +121,6 @@ func TestPoisonLogLine(t *testing.T) {
 	}
 	line := ""
 	waitUntil(t, "the poison log line", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
 		for _, l := range strings.Split(logs.String(), "\n") {
 			if strings.Contains(l, "moved to poison queue") {
 				line = l
@@ -142,7 +135,3 @@ func TestPoisonLogLine(t *testing.T) {
 		}
 	}
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/paissive/go-eventbus/brokertest"
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/syncbuf"
 )
 
 // cliBinary is the eventbus command the tests run as a subprocess, built
@@ -235,26 +236,9 @@ func mustCLI(t *testing.T, br broker, stdin string, args ...string) result {
 // background is a command running while the test goes on.
 type background struct {
 	cmd    *exec.Cmd
-	stdout *lockedBuffer
-	stderr *lockedBuffer
+	stdout *syncbuf.Buffer
+	stderr *syncbuf.Buffer
 	done   chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // start runs the command in the background and waits until its stderr
@@ -263,7 +247,7 @@ func start(t *testing.T, br broker, ready string, args ...string) *background {
 	t.Helper()
 	cmd := exec.Command(cliBinary, args...)
 	cmd.Env = append(os.Environ(), "EVENTBUS_URL="+br.url)
-	bg := &background{cmd: cmd, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	bg := &background{cmd: cmd, stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = bg.stdout, bg.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,13 +1,11 @@
 package amqp
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/syncbuf"
 )
 
 // TestRawAMQPTraceParent: a message published with amqp091-go alone, with
@@ -103,24 +102,6 @@ func attrValue(s tracetest.SpanStub, key string) string {
 	return ""
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestConnectivity: while a proxy in front of the broker is cut, the
 // transport reports itself disconnected since the cut, with the error,
 // and logs each failed reconnection attempt at Warn with the redacted
@@ -129,7 +110,7 @@ func (s *syncBuffer) String() string {
 func TestConnectivity(t *testing.T) {
 	px := startFaultProxy(t)
 	u := isolatedURLVia(t, px.Addr())
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	b, err := eventbus.New(ctx, eventbus.Config{

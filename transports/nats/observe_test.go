@@ -1,37 +1,18 @@
 package nats
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestConnectivity: while a proxy in front of the server is cut, the
 // transport, and the bus's Health, report it disconnected since the cut,
@@ -41,7 +22,7 @@ func (s *syncBuffer) String() string {
 // queue counts the service's records.
 func TestConnectivity(t *testing.T) {
 	u, px := faultyURL(t)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	b, err := eventbus.New(ctx, eventbus.Config{
@@ -129,7 +110,7 @@ func TestConnectAttemptsLogged(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	_ = ln.Close() // nobody listens there now: every dial is refused
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
 	start := time.Now()
