@@ -414,50 +414,19 @@ subscriptions skip.`,
   eventbus poison replay -s billing --id 0b6c1f3e-5d0a-4c57-9a53-2f4d8f8e7c11`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, err := pf.filter()
-			if err != nil {
+			n, ran, abandoned, err := g.pagedPoison(cmd, &pf, yes, pagedVerbs{"replay", "replayed", "replaying"},
+				"Replay %d poisoned event(s) of %s%s to the subscriptions that failed them?",
+				func(ctx context.Context, b *eventbus.Bus, f eventbus.PoisonFilter) (int, error) {
+					return b.Replay(ctx, f)
+				})
+			if !ran {
 				return err
 			}
-			stop, ctx, cancel := g.gracefulStop(cmd.Context(), "page (up to 500 events)")
-			defer cancel()
-			b, ok, err := g.openPoison(ctx, pf.service)
-			if err != nil || !ok {
-				return err
-			}
-			defer closeBus(b)
-			total := -1
-			if !yes {
-				if total, err = countPoisoned(ctx, b, f, stop); err != nil {
-					return err
-				}
-				if total == 0 {
-					fmt.Fprintf(g.stderr, "no poisoned event of %s%s: nothing to replay\n", pf.service, pf.describe())
-					return nil
-				}
-				if err := g.confirm(fmt.Sprintf("Replay %d poisoned event(s) of %s%s to the subscriptions that failed them?", total, pf.service, pf.describe()), yes); err != nil {
-					return err
-				}
-			}
-			if stop.Load() {
-				return fmt.Errorf("%w; nothing was replayed", errInterrupted)
-			}
-			bar := g.progress(total, "replaying")
-			done := 0
-			f.Each = func(eventbus.PoisonedEvent) error {
-				done++
-				bar.add(1)
-				if stop.Load() {
-					return errInterrupted
-				}
-				return nil
-			}
-			n, err := b.Replay(ctx, f)
-			bar.done()
 			switch {
 			case errors.Is(err, errInterrupted):
 				fmt.Fprintf(g.stderr, "replayed %d event(s) of %s, then stopped; run the same command again to replay the rest\n", n, pf.service)
 				return err
-			case err != nil && ctx.Err() != nil:
+			case err != nil && abandoned:
 				fmt.Fprintf(g.stderr, "replayed %d event(s); the page in flight was abandoned: its events may be replayed again by the next replay (same IDs)\n", n)
 				return errInterrupted
 			case err != nil && n > 0:
@@ -491,43 +460,14 @@ the page in flight, then stops.`,
   eventbus poison purge -s billing --before 720h --yes     # older than 30 days`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, err := pf.filter()
-			if err != nil {
+			n, ran, _, err := g.pagedPoison(cmd, &pf, yes, pagedVerbs{"purge", "purged", "purging"},
+				"Delete %d poisoned event(s) of %s%s for good?",
+				func(ctx context.Context, b *eventbus.Bus, f eventbus.PoisonFilter) (int, error) {
+					return b.PurgePoison(ctx, f)
+				})
+			if !ran {
 				return err
 			}
-			stop, ctx, cancel := g.gracefulStop(cmd.Context(), "page (up to 500 events)")
-			defer cancel()
-			b, ok, err := g.openPoison(ctx, pf.service)
-			if err != nil || !ok {
-				return err
-			}
-			defer closeBus(b)
-			total := -1
-			if !yes {
-				if total, err = countPoisoned(ctx, b, f, stop); err != nil {
-					return err
-				}
-				if total == 0 {
-					fmt.Fprintf(g.stderr, "no poisoned event of %s%s: nothing to purge\n", pf.service, pf.describe())
-					return nil
-				}
-				if err := g.confirm(fmt.Sprintf("Delete %d poisoned event(s) of %s%s for good?", total, pf.service, pf.describe()), yes); err != nil {
-					return err
-				}
-			}
-			if stop.Load() {
-				return fmt.Errorf("%w; nothing was purged", errInterrupted)
-			}
-			bar := g.progress(total, "purging")
-			f.Each = func(eventbus.PoisonedEvent) error {
-				bar.add(1)
-				if stop.Load() {
-					return errInterrupted
-				}
-				return nil
-			}
-			n, err := b.PurgePoison(ctx, f)
-			bar.done()
 			switch {
 			case errors.Is(err, errInterrupted):
 				fmt.Fprintf(g.stderr, "purged %d event(s) of %s, then stopped\n", n, pf.service)
@@ -548,4 +488,56 @@ the page in flight, then stops.`,
 	pf.add(c, true)
 	c.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation (and do not count first)")
 	return c
+}
+
+// pagedVerbs are the words of a paged poison command's messages.
+type pagedVerbs struct{ verb, past, gerund string }
+
+// pagedPoison is what replay and purge share. It reads the filters, opens
+// the service's poison queue, counts the events they select and asks
+// question (with the count, service and filters) unless yes, then runs op
+// with a progress bar, which stops after the page in flight on Ctrl-C (op
+// then fails with errInterrupted). ran is false when it returned before op
+// ran (an error, nothing selected, the user declined or interrupted);
+// abandoned reports that the command's context ended while op ran.
+func (g *globals) pagedPoison(cmd *cobra.Command, pf *poisonFlags, yes bool, words pagedVerbs, question string,
+	op func(context.Context, *eventbus.Bus, eventbus.PoisonFilter) (int, error)) (n int, ran, abandoned bool, err error) {
+	f, err := pf.filter()
+	if err != nil {
+		return 0, false, false, err
+	}
+	stop, ctx, cancel := g.gracefulStop(cmd.Context(), "page (up to 500 events)")
+	defer cancel()
+	b, ok, err := g.openPoison(ctx, pf.service)
+	if err != nil || !ok {
+		return 0, false, false, err
+	}
+	defer closeBus(b)
+	total := -1
+	if !yes {
+		if total, err = countPoisoned(ctx, b, f, stop); err != nil {
+			return 0, false, false, err
+		}
+		if total == 0 {
+			fmt.Fprintf(g.stderr, "no poisoned event of %s%s: nothing to %s\n", pf.service, pf.describe(), words.verb)
+			return 0, false, false, nil
+		}
+		if err := g.confirm(fmt.Sprintf(question, total, pf.service, pf.describe()), yes); err != nil {
+			return 0, false, false, err
+		}
+	}
+	if stop.Load() {
+		return 0, false, false, fmt.Errorf("%w; nothing was %s", errInterrupted, words.past)
+	}
+	bar := g.progress(total, words.gerund)
+	f.Each = func(eventbus.PoisonedEvent) error {
+		bar.add(1)
+		if stop.Load() {
+			return errInterrupted
+		}
+		return nil
+	}
+	n, err = op(ctx, b, f)
+	bar.done()
+	return n, true, ctx.Err() != nil, err
 }
