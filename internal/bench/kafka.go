@@ -333,52 +333,6 @@ func (b *kafkaBench) busPublish(n, per, names, g int) (Result, error) {
 	return res, <-errs
 }
 
-// consumeClock measures from the first message received to the last, so
-// that joining the group is not counted.
-type consumeClock struct {
-	count atomic.Int64
-	want  int64
-	mu    sync.Mutex
-	start *Clock
-	res   Result
-	done  chan struct{}
-}
-
-func newConsumeClock(want int) *consumeClock {
-	return &consumeClock{want: int64(want), done: make(chan struct{})}
-}
-
-func (c *consumeClock) tick() {
-	n := c.count.Add(1)
-	if n == 1 {
-		c.mu.Lock()
-		clk := StartClock()
-		c.start = &clk
-		c.mu.Unlock()
-	}
-	if n == c.want {
-		c.mu.Lock()
-		for c.start == nil { // the first tick has not stored its clock yet
-			c.mu.Unlock()
-			time.Sleep(time.Microsecond)
-			c.mu.Lock()
-		}
-		// The messages after the first, between the first and the last.
-		c.res = c.start.Stop(int(c.want) - 1)
-		c.mu.Unlock()
-		close(c.done)
-	}
-}
-
-func (c *consumeClock) wait() (Result, error) {
-	select {
-	case <-c.done:
-		return c.res, nil
-	case <-time.After(5 * time.Minute):
-		return Result{}, fmt.Errorf("only %d of %d messages arrived", c.count.Load(), c.want)
-	}
-}
-
 type groupHandler struct{ c *consumeClock }
 
 func (groupHandler) Setup(sarama.ConsumerGroupSession) error   { return nil }
@@ -434,51 +388,16 @@ func (b *kafkaBench) wkConsume(n int) (Result, error) {
 }
 
 func (b *kafkaBench) transportConsume(n, concurrency int) (Result, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	tr, err := driver.Open(ctx, b.busURL(b.consumePrefix), driver.Config{ServiceName: "bench", Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		return Result{}, err
-	}
-	defer tr.Close()
-	sub, err := tr.NewSubscriber(driver.SubscriberConfig{
+	return consumeThroughTransport(b.busURL(b.consumePrefix), driver.SubscriberConfig{
 		Group: b.unique("bench.raw"), Service: "bench", Subscription: "raw", Concurrency: concurrency,
 		Pattern: "bench.#", Match: mustMatch("bench.#"),
-	})
-	if err != nil {
-		return Result{}, err
-	}
-	defer sub.Close()
-	ch, err := sub.Subscribe(ctx, "bench.#")
-	if err != nil {
-		return Result{}, err
-	}
-	c := newConsumeClock(n)
-	go func() {
-		for m := range ch {
-			m.Ack()
-			c.tick()
-		}
-	}()
-	return c.wait()
+	}, n, 1)
 }
 
 func (b *kafkaBench) busConsume(n, concurrency int) (Result, error) {
-	ctx := context.Background()
-	bus, err := openKafkaBus(ctx, b.busURL(b.consumePrefix), b.unique("bench"))
+	bus, err := openKafkaBus(context.Background(), b.busURL(b.consumePrefix), b.unique("bench"))
 	if err != nil {
 		return Result{}, err
 	}
-	defer bus.Close(ctx)
-	c := newConsumeClock(n)
-	if err := bus.Subscribe("bench.#", func(context.Context, eventbus.Event) error {
-		c.tick()
-		return nil
-	}, eventbus.Concurrency(concurrency)); err != nil {
-		return Result{}, err
-	}
-	if err := bus.Start(ctx); err != nil {
-		return Result{}, err
-	}
-	return c.wait()
+	return consumeThroughBus(bus, "bench.#", n, concurrency)
 }

@@ -370,54 +370,17 @@ func (b *natsBench) rawConsume(n int) (Result, error) {
 
 func (b *natsBench) transportConsume(n, concurrency int) (Result, error) {
 	defer b.deleteConsumers()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	tr, err := driver.Open(ctx, b.natsURL(b.consume, ""), driver.Config{ServiceName: "bench", Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		return Result{}, err
-	}
-	defer tr.Close()
-	sub, err := tr.NewSubscriber(driver.SubscriberConfig{
+	return consumeThroughTransport(b.natsURL(b.consume, ""), driver.SubscriberConfig{
 		Group: fmt.Sprintf("bench.tr%d", b.seq.Add(1)), Service: "bench", Subscription: fmt.Sprintf("tr%d", b.seq.Load()),
 		Concurrency: concurrency, Pattern: "bench.item", Match: mustMatch("bench.item"),
-	})
-	if err != nil {
-		return Result{}, err
-	}
-	defer sub.Close()
-	ch, err := sub.Subscribe(ctx, "bench.item")
-	if err != nil {
-		return Result{}, err
-	}
-	c := newConsumeClock(n)
-	for range concurrency {
-		go func() {
-			for m := range ch {
-				m.Ack()
-				c.tick()
-			}
-		}()
-	}
-	return c.wait()
+	}, n, concurrency)
 }
 
 func (b *natsBench) busConsume(n, concurrency int) (Result, error) {
 	defer b.deleteConsumers()
-	ctx := context.Background()
-	bus, err := b.openBus(ctx, b.consume, "", fmt.Sprintf("bench%d", b.seq.Add(1)))
+	bus, err := b.openBus(context.Background(), b.consume, "", fmt.Sprintf("bench%d", b.seq.Add(1)))
 	if err != nil {
 		return Result{}, err
 	}
-	defer bus.Close(ctx)
-	c := newConsumeClock(n)
-	if err := bus.Subscribe("bench.item", func(context.Context, eventbus.Event) error {
-		c.tick()
-		return nil
-	}, eventbus.Concurrency(concurrency)); err != nil {
-		return Result{}, err
-	}
-	if err := bus.Start(ctx); err != nil {
-		return Result{}, err
-	}
-	return c.wait()
+	return consumeThroughBus(bus, "bench.item", n, concurrency)
 }
