@@ -13,6 +13,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbustest"
+	"github.com/paissive/go-eventbus/internal/handled"
 )
 
 // TestFaultCutMidStream publishes 10,000 events while a subscriber consumes
@@ -25,8 +26,8 @@ func TestFaultCutMidStream(t *testing.T) {
 	url := isolatedURLVia(t, px.Addr())
 	sub := newBus(t, url, unique("fault-sub-"))
 	pub := newBus(t, url, unique("fault-pub-"))
-	handled := newCounter()
-	if err := sub.Subscribe("fault.#", handled.handle, eventbus.Concurrency(16)); err != nil {
+	handled := handled.NewCounter()
+	if err := sub.Subscribe("fault.#", handled.Handle, eventbus.Concurrency(16)); err != nil {
 		t.Fatal(err)
 	}
 	if err := sub.Start(context.Background()); err != nil {
@@ -98,7 +99,7 @@ func TestFaultCutMidStream(t *testing.T) {
 
 	<-half
 	px.Cut()
-	cutAt, cutInFlight, handledAtCut := published.Load(), inFlight.Load(), handled.distinct()
+	cutAt, cutInFlight, handledAtCut := published.Load(), inFlight.Load(), handled.Distinct()
 	waitFor(t, 20*time.Second, "both transports notice the cut", func() bool {
 		up1, _ := subT.conn.connected()
 		up2, _ := pubT.conn.connected()
@@ -118,17 +119,17 @@ func TestFaultCutMidStream(t *testing.T) {
 		t.Fatalf("%d events succeeded and %d failed, want %d in all", len(ok), len(failed), total)
 	}
 	waitFor(t, 60*time.Second, "every confirmed event handled", func() bool {
-		n, _ := handled.missing(ok)
+		n, _ := handled.Missing(ok)
 		return n == 0
-	}, describeMissing(handled, ok))
+	}, handled.DescribeMissing(ok))
 	lateFailed := 0
 	for _, id := range failed {
-		if handled.has(id) {
+		if handled.Has(id) {
 			lateFailed++
 		}
 	}
 	t.Logf("cut after %d of %d events were published (%d Publish calls in flight, %d events handled); %d confirmed, %d reported failed (%d of those reached the subscriber anyway), %d other errors %v; %d duplicate deliveries",
-		cutAt, total, cutInFlight, handledAtCut, len(ok), len(failed), lateFailed, len(otherErrs), otherErrs, handled.duplicates())
+		cutAt, total, cutInFlight, handledAtCut, len(ok), len(failed), lateFailed, len(otherErrs), otherErrs, handled.Duplicates())
 	if cutAt >= total {
 		t.Errorf("the cut came after publishing ended")
 	}
@@ -142,8 +143,8 @@ func TestFaultCutMidStream(t *testing.T) {
 func TestFaultRawMessageIsPoisoned(t *testing.T) {
 	url := isolatedURL(t)
 	b := newBus(t, url, unique("raw-"))
-	handled := newCounter()
-	if err := b.Subscribe("raw.#", handled.handle); err != nil {
+	handled := handled.NewCounter()
+	if err := b.Subscribe("raw.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(context.Background()); err != nil {
@@ -176,7 +177,7 @@ func TestFaultRawMessageIsPoisoned(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	waitFor(t, 20*time.Second, "the good event with non-string headers", func() bool { return handled.has(good.ID) }, func() string { return "not handled" })
+	waitFor(t, 20*time.Second, "the good event with non-string headers", func() bool { return handled.Has(good.ID) }, func() string { return "not handled" })
 	var poisoned []eventbus.PoisonedEvent
 	waitFor(t, 20*time.Second, "the raw message in the poison queue", func() bool {
 		ps, err := b.Poisoned(context.Background(), eventbus.PoisonFilter{})
@@ -194,8 +195,8 @@ func TestFaultRawMessageIsPoisoned(t *testing.T) {
 	if err := b.Publish(context.Background(), next); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the next event", func() bool { return handled.has(next.ID) }, func() string { return "consumer stopped" })
-	if handled.distinct() != 2 {
-		t.Errorf("handler saw %d events, want 2", handled.distinct())
+	waitFor(t, 20*time.Second, "the next event", func() bool { return handled.Has(next.ID) }, func() string { return "consumer stopped" })
+	if handled.Distinct() != 2 {
+		t.Errorf("handler saw %d events, want 2", handled.Distinct())
 	}
 }

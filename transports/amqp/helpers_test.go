@@ -2,8 +2,6 @@ package amqp
 
 import (
 	"context"
-	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -54,56 +52,6 @@ func transportOf(t testing.TB, b *eventbus.Bus) *Transport {
 	return tr
 }
 
-// counter records how often each event ID was handled.
-type counter struct {
-	mu   sync.Mutex
-	seen map[string]int
-	n    int
-}
-
-func newCounter() *counter { return &counter{seen: map[string]int{}} }
-
-func (c *counter) handle(_ context.Context, ev eventbus.Event) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.seen[ev.ID]++
-	c.n++
-	return nil
-}
-
-func (c *counter) has(id string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.seen[id] > 0
-}
-
-func (c *counter) distinct() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.seen)
-}
-
-// missing counts the ids not handled yet.
-func (c *counter) missing(ids []string) (n int, example string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, id := range ids {
-		if c.seen[id] == 0 {
-			if n == 0 {
-				example = id
-			}
-			n++
-		}
-	}
-	return n, example
-}
-
-func (c *counter) duplicates() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n - len(c.seen)
-}
-
 func mustEvent(t testing.TB, name string, data any, opts ...eventbus.EventOption) eventbus.Event {
 	t.Helper()
 	ev, err := eventbus.NewEvent(name, data, append([]eventbus.EventOption{eventbus.WithSource("amqp-tests")}, opts...)...)
@@ -111,11 +59,4 @@ func mustEvent(t testing.TB, name string, data any, opts ...eventbus.EventOption
 		t.Fatal(err)
 	}
 	return ev
-}
-
-func describeMissing(c *counter, ids []string) func() string {
-	return func() string {
-		n, ex := c.missing(ids)
-		return fmt.Sprintf("%d of %d not handled (e.g. %s)", n, len(ids), ex)
-	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/eventbustest"
+	"github.com/paissive/go-eventbus/internal/handled"
 )
 
 // frameSize returns the frame size tr's connection negotiated.
@@ -53,8 +54,8 @@ func generation(t testing.TB, tr *Transport) uint64 {
 func TestOversizedEventsFailAlone(t *testing.T) {
 	url := isolatedURL(t)
 	sub := newBus(t, url, unique("limits-sub-"))
-	handled := newCounter()
-	if err := sub.Subscribe("limits.#", handled.handle, eventbus.Concurrency(16)); err != nil {
+	handled := handled.NewCounter()
+	if err := sub.Subscribe("limits.#", handled.Handle, eventbus.Concurrency(16)); err != nil {
 		t.Fatal(err)
 	}
 	if err := sub.Start(context.Background()); err != nil {
@@ -149,7 +150,7 @@ func TestOversizedEventsFailAlone(t *testing.T) {
 	}
 	goods := append([]string{good1.ID, nearFrame.ID, good2.ID}, others...)
 	mu.Unlock()
-	waitFor(t, 30*time.Second, "every good event handled", func() bool { n, _ := handled.missing(goods); return n == 0 }, describeMissing(handled, goods))
+	waitFor(t, 30*time.Second, "every good event handled", func() bool { n, _ := handled.Missing(goods); return n == 0 }, handled.DescribeMissing(goods))
 
 	if g := generation(t, pubT); g != pubGen {
 		t.Errorf("the publisher's connection was replaced (generation %d -> %d)", pubGen, g)
@@ -157,15 +158,13 @@ func TestOversizedEventsFailAlone(t *testing.T) {
 	if g := generation(t, subT); g != subGen {
 		t.Errorf("the subscriber's connection was replaced (generation %d -> %d)", subGen, g)
 	}
-	handled.mu.Lock()
-	defer handled.mu.Unlock()
 	for _, id := range goods {
-		if n := handled.seen[id]; n != 1 {
+		if n := handled.Times(id); n != 1 {
 			t.Errorf("event %s handled %d times", id, n)
 		}
 	}
 	for id := range bad {
-		if handled.seen[id] != 0 {
+		if handled.Times(id) != 0 {
 			t.Errorf("oversized event %s was handled", id)
 		}
 	}

@@ -16,14 +16,15 @@ import (
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/eventbustest"
+	"github.com/paissive/go-eventbus/internal/handled"
 )
 
 // subscribeNamed subscribes a counter to pattern under a subscription
 // name and starts the bus.
-func subscribeNamed(t testing.TB, b *eventbus.Bus, pattern, name string) *counter {
+func subscribeNamed(t testing.TB, b *eventbus.Bus, pattern, name string) *handled.Counter {
 	t.Helper()
-	c := newCounter()
-	if err := b.Subscribe(pattern, c.handle, eventbus.SubscriptionName(name)); err != nil {
+	c := handled.NewCounter()
+	if err := b.Subscribe(pattern, c.Handle, eventbus.SubscriptionName(name)); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(context.Background()); err != nil {
@@ -88,7 +89,7 @@ func TestPatternChangeBetweenRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the old pattern's event in run 1", func() bool { return c1.has(ev.ID) }, func() string { return "not handled" })
+	waitFor(t, 20*time.Second, "the old pattern's event in run 1", func() bool { return c1.Has(ev.ID) }, func() string { return "not handled" })
 	closeBus(t, run1)
 	between, err := publishOne(t, pub, "old.between")
 	if err != nil {
@@ -105,7 +106,7 @@ func TestPatternChangeBetweenRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the new pattern's event in run 2", func() bool { return c2.has(fresh.ID) }, func() string { return "not handled" })
+	waitFor(t, 20*time.Second, "the new pattern's event in run 2", func() bool { return c2.Has(fresh.ID) }, func() string { return "not handled" })
 	var poisoned []eventbus.PoisonedEvent
 	waitFor(t, 20*time.Second, "the event queued between the runs poisoned as misrouted", func() bool {
 		poisoned, err = run2.Poisoned(context.Background(), eventbus.PoisonFilter{})
@@ -114,8 +115,8 @@ func TestPatternChangeBetweenRuns(t *testing.T) {
 	if p := poisoned[0]; p.Event.ID != between.ID || p.Reason != "misrouted" {
 		t.Errorf("poisoned %s (%s), want %s as misrouted", p.Event.ID, p.Reason, between.ID)
 	}
-	if c2.distinct() != 1 {
-		t.Errorf("run 2 handled %d events, want only the new-pattern one", c2.distinct())
+	if c2.Distinct() != 1 {
+		t.Errorf("run 2 handled %d events, want only the new-pattern one", c2.Distinct())
 	}
 	queue := transportOf(t, run2).QueueName(svc + ".orders")
 	if n := queueDepth(t, queue); n != 0 {
@@ -130,9 +131,9 @@ func TestPatternChangeBetweenRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the other service's event", func() bool { return c3.has(late.ID) }, func() string { return "not handled" })
+	waitFor(t, 20*time.Second, "the other service's event", func() bool { return c3.Has(late.ID) }, func() string { return "not handled" })
 	closeBus(t, run2)
-	if n := queueDepth(t, queue); n != 0 || c2.has(late.ID) {
+	if n := queueDepth(t, queue); n != 0 || c2.Has(late.ID) {
 		t.Errorf("the old pattern's event reached the changed subscription (queue depth %d)", n)
 	}
 }
@@ -184,10 +185,10 @@ func TestPatternChangeLosesNothing(t *testing.T) {
 		t.Errorf("publish failures %q; want only the one before the temporary exchange was bound", failures)
 	}
 	waitFor(t, 20*time.Second, "every event routed during the change handled", func() bool {
-		n, _ := c.missing(routed)
+		n, _ := c.Missing(routed)
 		return n == 0
-	}, describeMissing(c, routed))
-	if d := c.duplicates(); d != 0 {
+	}, c.DescribeMissing(routed))
+	if d := c.Duplicates(); d != 0 {
 		t.Errorf("%d events handled twice: the two routes during the change must deliver once", d)
 	}
 }
@@ -238,7 +239,7 @@ func TestPatternChangeConcurrentInstances(t *testing.T) {
 	subscribeNamed(t, run1, "cc.a.*", "s")
 	closeBus(t, run1)
 
-	handled := newCounter()
+	handled := handled.NewCounter()
 	var stop atomic.Bool
 	var published []string
 	var failed []error
@@ -263,7 +264,7 @@ func TestPatternChangeConcurrentInstances(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := b.Subscribe("cc.#", handled.handle, eventbus.SubscriptionName("s"), eventbus.Concurrency(4)); err != nil {
+			if err := b.Subscribe("cc.#", handled.Handle, eventbus.SubscriptionName("s"), eventbus.Concurrency(4)); err != nil {
 				t.Error(err)
 				return
 			}
@@ -281,7 +282,7 @@ func TestPatternChangeConcurrentInstances(t *testing.T) {
 	if len(published) == 0 {
 		t.Fatal("nothing published during the change")
 	}
-	waitFor(t, 30*time.Second, "every event handled", func() bool { n, _ := handled.missing(published); return n == 0 }, describeMissing(handled, published))
+	waitFor(t, 30*time.Second, "every event handled", func() bool { n, _ := handled.Missing(published); return n == 0 }, handled.DescribeMissing(published))
 	if _, err := publishOne(t, pub, "cc.b.new"); err != nil {
 		t.Errorf("new-pattern event after the change: %v", err)
 	}
@@ -324,7 +325,7 @@ func TestRollingDeployKeepsNewerPattern(t *testing.T) {
 		if _, err := publishOne(t, pub, "roll.old.x"); err != nil {
 			t.Fatalf("event of both patterns: %v", err)
 		}
-		return cOld.distinct() > 0
+		return cOld.Distinct() > 0
 	}, func() string { return "the old instance handled nothing" })
 	var ids []string
 	for range 5 {
@@ -349,7 +350,7 @@ func TestRollingDeployKeepsNewerPattern(t *testing.T) {
 			seen[p.Event.ID] = p.Reason == "misrouted"
 		}
 		for _, id := range ids {
-			if !cNew.has(id) && !seen[id] {
+			if !cNew.Has(id) && !seen[id] {
 				return false
 			}
 		}
@@ -389,8 +390,8 @@ func TestLegacyBindingRemoved(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "handled", func() bool { return c1.has(ev.ID) }, func() string { return "not handled" })
-	if d := c1.duplicates(); d != 0 {
+	waitFor(t, 20*time.Second, "handled", func() bool { return c1.Has(ev.ID) }, func() string { return "not handled" })
+	if d := c1.Duplicates(); d != 0 {
 		t.Errorf("%d duplicates through the two routes", d)
 	}
 	closeBus(t, run1)
@@ -442,7 +443,7 @@ func TestPrefixNamespacesQueues(t *testing.T) {
 	base := brokerURL(t)
 	svc := "billing"
 	var buses [2]*eventbus.Bus
-	var counters [2]*counter
+	var counters [2]*handled.Counter
 	var prefixes [2]string
 	var fail [2]atomic.Bool
 	for i := range buses {
@@ -451,13 +452,13 @@ func TestPrefixNamespacesQueues(t *testing.T) {
 		u.RawQuery = "prefix=" + prefixes[i]
 		t.Cleanup(func() { deleteTopology(t, base.String(), prefixes[i]+":events") })
 		buses[i] = newBus(t, u.String(), svc)
-		counters[i] = newCounter()
+		counters[i] = handled.NewCounter()
 		c, f := counters[i], &fail[i]
 		if err := buses[i].Subscribe("invoice.#", func(ctx context.Context, ev eventbus.Event) error {
 			if f.Load() {
 				return eventbus.Permanent(errors.New("failing on purpose"))
 			}
-			return c.handle(ctx, ev)
+			return c.Handle(ctx, ev)
 		}, eventbus.SubscriptionName("invoices")); err != nil {
 			t.Fatal(err)
 		}
@@ -486,11 +487,11 @@ func TestPrefixNamespacesQueues(t *testing.T) {
 		evs[i] = ev
 	}
 	for i := range buses {
-		waitFor(t, 20*time.Second, "each application's event", func() bool { return counters[i].has(evs[i].ID) }, func() string { return "not handled" })
+		waitFor(t, 20*time.Second, "each application's event", func() bool { return counters[i].Has(evs[i].ID) }, func() string { return "not handled" })
 	}
 	for i := range buses {
-		if counters[i].distinct() != 1 || counters[i].has(evs[1-i].ID) {
-			t.Errorf("application %d handled %d events, including the other's: %v", i, counters[i].distinct(), counters[i].has(evs[1-i].ID))
+		if counters[i].Distinct() != 1 || counters[i].Has(evs[1-i].ID) {
+			t.Errorf("application %d handled %d events, including the other's: %v", i, counters[i].Distinct(), counters[i].Has(evs[1-i].ID))
 		}
 	}
 
@@ -512,8 +513,8 @@ func TestPrefixNamespacesQueues(t *testing.T) {
 	if _, err := buses[0].Replay(context.Background(), eventbus.PoisonFilter{}); err != nil {
 		t.Fatalf("Replay: %v", err)
 	}
-	waitFor(t, 20*time.Second, "the replayed event handled", func() bool { return counters[0].has(bad.ID) }, func() string { return "not handled" })
-	if counters[1].has(bad.ID) {
+	waitFor(t, 20*time.Second, "the replayed event handled", func() bool { return counters[0].Has(bad.ID) }, func() string { return "not handled" })
+	if counters[1].Has(bad.ID) {
 		t.Error("the replayed event reached the other application")
 	}
 }
@@ -558,7 +559,7 @@ func TestTopologyURLParameters(t *testing.T) {
 func TestSubscriptionNamesTheTransportReserves(t *testing.T) {
 	url := isolatedURL(t)
 	b := newBus(t, url, unique("reserved-"))
-	err := b.Subscribe("r.#", newCounter().handle, eventbus.SubscriptionName("orders@lock"))
+	err := b.Subscribe("r.#", handled.NewCounter().Handle, eventbus.SubscriptionName("orders@lock"))
 	if err == nil || !strings.Contains(err.Error(), "reserves") {
 		t.Errorf("subscription name with '@': %v", err)
 	}
@@ -597,7 +598,7 @@ func TestForeignExchangeIsNeverDeleted(t *testing.T) {
 	}
 	defer ch.ExchangeDelete(name, false, false)
 	b := newBus(t, url, svc)
-	err = b.Subscribe("fx.#", newCounter().handle, eventbus.SubscriptionName("s"))
+	err = b.Subscribe("fx.#", handled.NewCounter().Handle, eventbus.SubscriptionName("s"))
 	if err == nil {
 		err = b.Start(context.Background())
 	}
@@ -634,7 +635,7 @@ func TestUnroutableAccept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the routed event", func() bool { return h.has(ev.ID) }, func() string { return "not handled" })
+	waitFor(t, 20*time.Second, "the routed event", func() bool { return h.Has(ev.ID) }, func() string { return "not handled" })
 	if n := c.UnroutableAccepted(); n != 3 {
 		t.Errorf("UnroutableAccepted = %d after a routed event, want 3", n)
 	}
@@ -683,7 +684,7 @@ func TestPatternChangeWaitsForTheLockWithinCtx(t *testing.T) {
 	}
 
 	run2 := newBus(t, url, svc)
-	if err := run2.Subscribe("lk.new.#", newCounter().handle, eventbus.SubscriptionName("s")); err != nil {
+	if err := run2.Subscribe("lk.new.#", handled.NewCounter().Handle, eventbus.SubscriptionName("s")); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)

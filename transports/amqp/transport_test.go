@@ -23,6 +23,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/handled"
 )
 
 func openURL(ctx context.Context, rawURL string, tlsCfg *tls.Config) (driver.Transport, error) {
@@ -163,8 +164,8 @@ func TestPublishWaitsDuringOutage(t *testing.T) {
 	px := startFaultProxy(t)
 	url := isolatedURLVia(t, px.Addr())
 	sub := newBus(t, url, unique("outage-sub-"))
-	handled := newCounter()
-	if err := sub.Subscribe("outage.#", handled.handle); err != nil {
+	handled := handled.NewCounter()
+	if err := sub.Subscribe("outage.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
 	if err := sub.Start(context.Background()); err != nil {
@@ -200,7 +201,7 @@ func TestPublishWaitsDuringOutage(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatalf("Publish across the outage: %v", err)
 	}
-	waitFor(t, 20*time.Second, "delivery after the outage", func() bool { return handled.has(ev2.ID) }, func() string { return "not delivered" })
+	waitFor(t, 20*time.Second, "delivery after the outage", func() bool { return handled.Has(ev2.ID) }, func() string { return "not delivered" })
 }
 
 // TestTLS runs a bus over amqps:// through a TLS-terminating proxy with a
@@ -222,8 +223,8 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("New over TLS: %v", err)
 	}
 	defer b.Close(context.Background())
-	handled := newCounter()
-	if err := b.Subscribe("tls.#", handled.handle); err != nil {
+	handled := handled.NewCounter()
+	if err := b.Subscribe("tls.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(ctx); err != nil {
@@ -233,7 +234,7 @@ func TestTLS(t *testing.T) {
 	if err := b.Publish(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "delivery over TLS", func() bool { return handled.has(ev.ID) }, func() string { return "not delivered" })
+	waitFor(t, 20*time.Second, "delivery over TLS", func() bool { return handled.Has(ev.ID) }, func() string { return "not delivered" })
 
 	start := time.Now()
 	_, err = openURL(ctx, u.String(), nil)
@@ -277,8 +278,8 @@ func selfSigned(t testing.TB) (tls.Certificate, *x509.CertPool) {
 func TestQuorumQueues(t *testing.T) {
 	url := isolatedURL(t, "queue_type", "quorum")
 	b := newBus(t, url, unique("quorum-"))
-	handled := newCounter()
-	if err := b.Subscribe("q.#", handled.handle, eventbus.SubscriptionName("qsub")); err != nil {
+	handled := handled.NewCounter()
+	if err := b.Subscribe("q.#", handled.Handle, eventbus.SubscriptionName("qsub")); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(context.Background()); err != nil {
@@ -288,7 +289,7 @@ func TestQuorumQueues(t *testing.T) {
 	if err := b.Publish(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "delivery from a quorum queue", func() bool { return handled.has(ev.ID) }, func() string { return "not delivered" })
+	waitFor(t, 20*time.Second, "delivery from a quorum queue", func() bool { return handled.Has(ev.ID) }, func() string { return "not delivered" })
 	conn, err := amqp091.Dial(brokerURL(t).String())
 	if err != nil {
 		t.Fatal(err)
@@ -453,8 +454,8 @@ func TestSubscriberCloseWaitsTransportCloseCancels(t *testing.T) {
 func TestDeletedQueueIsRedeclared(t *testing.T) {
 	url := isolatedURL(t)
 	b := newBus(t, url, unique("deleted-"))
-	handled := newCounter()
-	if err := b.Subscribe("del.#", handled.handle, eventbus.SubscriptionName("victim")); err != nil {
+	handled := handled.NewCounter()
+	if err := b.Subscribe("del.#", handled.Handle, eventbus.SubscriptionName("victim")); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(context.Background()); err != nil {
@@ -486,7 +487,7 @@ func TestDeletedQueueIsRedeclared(t *testing.T) {
 		}
 		return false
 	}, func() string { return fmt.Sprint(lastErr) })
-	waitFor(t, 20*time.Second, "the event handled", func() bool { return handled.has(id) }, func() string { return "not handled" })
+	waitFor(t, 20*time.Second, "the event handled", func() bool { return handled.Has(id) }, func() string { return "not handled" })
 }
 
 // TestClosedTransportErrors: after Close, every operation fails with an

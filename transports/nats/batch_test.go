@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/handled"
 )
 
 // TestMixedNamesKeepOrder: one Publish of events with 20 different names
@@ -27,8 +28,8 @@ func TestMixedNamesKeepOrder(t *testing.T) {
 	}, eventbus.Concurrency(1)); err != nil {
 		t.Fatal(err)
 	}
-	odd := newCounter()
-	if err := sub.Subscribe("mix.n01", odd.handle, eventbus.SubscriptionName("one-name")); err != nil {
+	odd := handled.NewCounter()
+	if err := sub.Subscribe("mix.n01", odd.Handle, eventbus.SubscriptionName("one-name")); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -61,9 +62,9 @@ func TestMixedNamesKeepOrder(t *testing.T) {
 	}
 	// Each event went to its own name's subject: the subscription to
 	// one name gets its 10 events and no other.
-	waitFor(t, 30*time.Second, "mix.n01's events", func() bool { return odd.distinct() >= n/20 }, func() string { return fmt.Sprint(odd.distinct()) })
+	waitFor(t, 30*time.Second, "mix.n01's events", func() bool { return odd.Distinct() >= n/20 }, func() string { return fmt.Sprint(odd.Distinct()) })
 	for i, ev := range evs {
-		if got := odd.has(ev.ID); got != (i%20 == 1) {
+		if got := odd.Has(ev.ID); got != (i%20 == 1) {
 			t.Errorf("event %d (%s) reached the mix.n01 subscription: %v", i, ev.Name, got)
 		}
 	}

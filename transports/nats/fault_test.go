@@ -15,6 +15,7 @@ import (
 	"github.com/paissive/go-eventbus/brokertest"
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbustest"
+	"github.com/paissive/go-eventbus/internal/handled"
 )
 
 // TestFaultCutMidStream publishes 10,000 events while a subscriber consumes
@@ -26,8 +27,8 @@ func TestFaultCutMidStream(t *testing.T) {
 	url, px := faultyURL(t)
 	sub := newBus(t, url, unique("fault-sub-"))
 	pub := newBus(t, url, unique("fault-pub-"))
-	handled := newCounter()
-	if err := sub.Subscribe("fault.#", handled.handle, eventbus.Concurrency(16)); err != nil {
+	handled := handled.NewCounter()
+	if err := sub.Subscribe("fault.#", handled.Handle, eventbus.Concurrency(16)); err != nil {
 		t.Fatal(err)
 	}
 	if err := sub.Start(context.Background()); err != nil {
@@ -97,7 +98,7 @@ func TestFaultCutMidStream(t *testing.T) {
 
 	<-half
 	px.Cut()
-	cutAt, cutInFlight, handledAtCut := published.Load(), inFlight.Load(), handled.distinct()
+	cutAt, cutInFlight, handledAtCut := published.Load(), inFlight.Load(), handled.Distinct()
 	waitFor(t, 20*time.Second, "both connections notice the cut", func() bool {
 		return !subNC.IsConnected() && !pubNC.IsConnected()
 	}, func() string { return "still connected" })
@@ -113,17 +114,17 @@ func TestFaultCutMidStream(t *testing.T) {
 		t.Fatalf("%d events succeeded and %d failed, want %d in all", len(ok), len(failed), total)
 	}
 	waitFor(t, 60*time.Second, "every acknowledged event handled", func() bool {
-		n, _ := handled.missing(ok)
+		n, _ := handled.Missing(ok)
 		return n == 0
-	}, describeMissing(handled, ok))
+	}, handled.DescribeMissing(ok))
 	lateFailed := 0
 	for _, id := range failed {
-		if handled.has(id) {
+		if handled.Has(id) {
 			lateFailed++
 		}
 	}
 	t.Logf("cut after %d of %d events were published (%d Publish calls in flight, %d events handled); %d acknowledged, %d reported failed (%d of those reached the subscriber anyway), %d other errors %v; %d duplicate deliveries",
-		cutAt, total, cutInFlight, handledAtCut, len(ok), len(failed), lateFailed, len(otherErrs), otherErrs, handled.duplicates())
+		cutAt, total, cutInFlight, handledAtCut, len(ok), len(failed), lateFailed, len(otherErrs), otherErrs, handled.Duplicates())
 	if cutAt >= total {
 		t.Errorf("the cut came after publishing ended")
 	}
@@ -140,13 +141,13 @@ func TestFaultServerRestart(t *testing.T) {
 	url := ownServerURL(t, srv)
 	sub := newBus(t, url, unique("restart-sub-"))
 	pub := newBus(t, url, unique("restart-pub-"))
-	handled := newCounter()
+	handled := handled.NewCounter()
 	var poisonID string
 	if err := sub.Subscribe("restart.#", func(ctx context.Context, ev eventbus.Event) error {
 		if ev.Name == "restart.poison" {
 			return eventbus.Permanent(errors.New("bad event"))
 		}
-		return handled.handle(ctx, ev)
+		return handled.Handle(ctx, ev)
 	}, eventbus.Concurrency(8)); err != nil {
 		t.Fatal(err)
 	}
@@ -183,10 +184,10 @@ func TestFaultServerRestart(t *testing.T) {
 	}
 	before := publish(0, 1000)
 	waitFor(t, 30*time.Second, "the events before the restart handled", func() bool {
-		n, _ := handled.missing(before)
+		n, _ := handled.Missing(before)
 		return n == 0
-	}, describeMissing(handled, before))
-	deliveredBefore := handled.deliveries()
+	}, handled.DescribeMissing(before))
+	deliveredBefore := handled.Deliveries()
 
 	// Publish during the restart: each call rides out the outage within
 	// its 30 s context.
@@ -206,17 +207,17 @@ func TestFaultServerRestart(t *testing.T) {
 
 	all := append(append(append([]string(nil), before...), during...), after...)
 	waitFor(t, 60*time.Second, "every acknowledged event handled after the restart", func() bool {
-		n, _ := handled.missing(all)
+		n, _ := handled.Missing(all)
 		return n == 0
-	}, describeMissing(handled, all))
-	if d := handled.duplicates(); d >= len(before) {
+	}, handled.DescribeMissing(all))
+	if d := handled.Duplicates(); d >= len(before) {
 		t.Errorf("%d duplicate deliveries: the consumer did not keep its position across the restart", d)
 	}
 	ps, err := sub.Poisoned(context.Background(), eventbus.PoisonFilter{})
 	if err != nil || len(ps) != 1 || ps[0].Event.ID != poisonID {
 		t.Errorf("poison queue after the restart: %d records, %v; want the one stored before", len(ps), err)
 	}
-	t.Logf("%d events handled before the restart (%d deliveries), %d in all, %d duplicate deliveries", len(before), deliveredBefore, len(all), handled.duplicates())
+	t.Logf("%d events handled before the restart (%d deliveries), %d in all, %d duplicate deliveries", len(before), deliveredBefore, len(all), handled.Duplicates())
 }
 
 // TestFaultRawMessageIsPoisoned publishes, with a plain NATS client, a
@@ -228,8 +229,8 @@ func TestFaultRawMessageIsPoisoned(t *testing.T) {
 	server := serverURL(t)
 	url := isolatedURLOn(t, server, "")
 	b := newBus(t, url, unique("raw-"))
-	handled := newCounter()
-	if err := b.Subscribe("raw.#", handled.handle); err != nil {
+	handled := handled.NewCounter()
+	if err := b.Subscribe("raw.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(context.Background()); err != nil {
@@ -264,7 +265,7 @@ func TestFaultRawMessageIsPoisoned(t *testing.T) {
 	h.Set("Nats-Msg-Id", "foreign-"+good.ID)
 	ack(&nats.Msg{Subject: stream + ".raw.good", Header: h, Data: gm.Payload})
 
-	waitFor(t, 20*time.Second, "the good event with foreign headers", func() bool { return handled.has(good.ID) }, func() string { return "not handled" })
+	waitFor(t, 20*time.Second, "the good event with foreign headers", func() bool { return handled.Has(good.ID) }, func() string { return "not handled" })
 	var poisoned []eventbus.PoisonedEvent
 	waitFor(t, 20*time.Second, "the raw message in the poison queue", func() bool {
 		ps, err := b.Poisoned(context.Background(), eventbus.PoisonFilter{})
@@ -285,9 +286,9 @@ func TestFaultRawMessageIsPoisoned(t *testing.T) {
 	if err := b.Publish(context.Background(), next); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the next event", func() bool { return handled.has(next.ID) }, func() string { return "consumer stopped" })
-	if handled.distinct() != 2 {
-		t.Errorf("handler saw %d events, want 2", handled.distinct())
+	waitFor(t, 20*time.Second, "the next event", func() bool { return handled.Has(next.ID) }, func() string { return "consumer stopped" })
+	if handled.Distinct() != 2 {
+		t.Errorf("handler saw %d events, want 2", handled.Distinct())
 	}
 	// The raw message replays to its subject: still undecodable, it is
 	// poisoned again, as a new record.

@@ -4,9 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"net/url"
-	"sync"
 	"testing"
 	"time"
 
@@ -155,56 +153,6 @@ func transportOf(t testing.TB, b *eventbus.Bus) *Transport {
 	return tr
 }
 
-// counter records how often each event ID was handled.
-type counter struct {
-	mu   sync.Mutex
-	seen map[string]int
-	n    int
-}
-
-func newCounter() *counter { return &counter{seen: map[string]int{}} }
-
-func (c *counter) handle(_ context.Context, ev eventbus.Event) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.seen[ev.ID]++
-	c.n++
-	return nil
-}
-
-func (c *counter) has(id string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.seen[id] > 0
-}
-
-func (c *counter) distinct() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.seen)
-}
-
-// missing counts the ids not handled yet.
-func (c *counter) missing(ids []string) (n int, example string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, id := range ids {
-		if c.seen[id] == 0 {
-			if n == 0 {
-				example = id
-			}
-			n++
-		}
-	}
-	return n, example
-}
-
-func (c *counter) duplicates() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n - len(c.seen)
-}
-
 func mustEvent(t testing.TB, name string, data any, opts ...eventbus.EventOption) eventbus.Event {
 	t.Helper()
 	ev, err := eventbus.NewEvent(name, data, append([]eventbus.EventOption{eventbus.WithSource("nats-tests")}, opts...)...)
@@ -214,13 +162,6 @@ func mustEvent(t testing.TB, name string, data any, opts ...eventbus.EventOption
 	return ev
 }
 
-func describeMissing(c *counter, ids []string) func() string {
-	return func() string {
-		n, ex := c.missing(ids)
-		return fmt.Sprintf("%d of %d not handled (e.g. %s)", n, len(ids), ex)
-	}
-}
-
 func mustParse(t testing.TB, raw string) *url.URL {
 	t.Helper()
 	u, err := url.Parse(raw)
@@ -228,13 +169,6 @@ func mustParse(t testing.TB, raw string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
-}
-
-// deliveries counts every handler call.
-func (c *counter) deliveries() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n
 }
 
 // mustPattern compiles a pattern the test knows to be valid.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/paissive/go-eventbus/brokertest"
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/handled"
 )
 
 // bigData returns a JSON string of about n bytes, different for each seed.
@@ -186,8 +187,8 @@ func TestLargeEventWithoutChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := newBus(t, url, unique("lost-"))
-	handled := newCounter()
-	if err := b.Subscribe("lost.#", handled.handle); err != nil {
+	handled := handled.NewCounter()
+	if err := b.Subscribe("lost.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(context.Background()); err != nil {
@@ -201,14 +202,14 @@ func TestLargeEventWithoutChunks(t *testing.T) {
 	if ps[0].Reason != "undecodable" || ps[0].Headers["ce_id"] != lost.ID || !strings.Contains(ps[0].Error, "body is lost") {
 		t.Errorf("poison record: reason %q, ce_id %q, error %q; want undecodable with the event's headers, saying the body is lost", ps[0].Reason, ps[0].Headers["ce_id"], ps[0].Error)
 	}
-	if handled.has(lost.ID) {
+	if handled.Has(lost.ID) {
 		t.Error("the handler got the event without its data")
 	}
 	next := mustEvent(t, "lost.next", nil)
 	if err := pub.Publish(context.Background(), next); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the next event", func() bool { return handled.has(next.ID) }, func() string { return "consumer stopped" })
+	waitFor(t, 20*time.Second, "the next event", func() bool { return handled.Has(next.ID) }, func() string { return "consumer stopped" })
 }
 
 // TestLargeEventsOnLargerMaxPayload: on a server whose max_payload fits
@@ -217,8 +218,8 @@ func TestLargeEventsOnLargerMaxPayload(t *testing.T) {
 	srv := brokertest.StartNATSServer(t, brokertest.NATSServerConfig{MaxPayload: 8 << 20})
 	url := ownServerURL(t, srv)
 	b := newBus(t, url, unique("bigpayload-"))
-	handled := newCounter()
-	if err := b.Subscribe("big.#", handled.handle); err != nil {
+	handled := handled.NewCounter()
+	if err := b.Subscribe("big.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(context.Background()); err != nil {
@@ -228,7 +229,7 @@ func TestLargeEventsOnLargerMaxPayload(t *testing.T) {
 	if err := b.Publish(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the event", func() bool { return handled.has(ev.ID) }, func() string { return "not handled" })
+	waitFor(t, 20*time.Second, "the event", func() bool { return handled.Has(ev.ID) }, func() string { return "not handled" })
 	tr := transportOf(t, b)
 	events, _ := tr.streams()
 	if n := subjectCount(t, events, largeRoot(tr.Stream())+".>"); n != 0 {

@@ -12,6 +12,7 @@ import (
 	"github.com/paissive/go-eventbus/brokertest"
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/handled"
 )
 
 // TestConcurrencyBound: with Concurrency 4, at most 4 handlers run at
@@ -33,7 +34,7 @@ func TestConcurrencyBound(t *testing.T) {
 			b := newBus(t, url, unique("conc-"))
 			release := make(chan struct{})
 			var running, most atomic.Int32
-			handled := newCounter()
+			handled := handled.NewCounter()
 			if err := b.Subscribe("conc.#", func(ctx context.Context, ev eventbus.Event) error {
 				n := running.Add(1)
 				for {
@@ -44,7 +45,7 @@ func TestConcurrencyBound(t *testing.T) {
 				}
 				<-release
 				running.Add(-1)
-				return handled.handle(ctx, ev)
+				return handled.Handle(ctx, ev)
 			}, eventbus.Concurrency(4), eventbus.SubscriptionName("bounded")); err != nil {
 				t.Fatal(err)
 			}
@@ -85,7 +86,7 @@ func TestConcurrencyBound(t *testing.T) {
 				t.Errorf("%d messages unacknowledged on the server, at most %d handlers at once; want %d and 4", info.NumAckPending, most.Load(), tc.pending)
 			}
 			close(release)
-			waitFor(t, 20*time.Second, "every job", func() bool { n, _ := handled.missing(ids); return n == 0 }, describeMissing(handled, ids))
+			waitFor(t, 20*time.Second, "every job", func() bool { n, _ := handled.Missing(ids); return n == 0 }, handled.DescribeMissing(ids))
 		})
 	}
 }
@@ -141,8 +142,8 @@ func TestLongHandlerNotRedelivered(t *testing.T) {
 func TestConsumerDeletedIsRecreated(t *testing.T) {
 	url := isolatedURL(t, "deliver", "new")
 	b := newBus(t, url, unique("deleted-"))
-	handled := newCounter()
-	if err := b.Subscribe("del.#", handled.handle, eventbus.SubscriptionName("s")); err != nil {
+	handled := handled.NewCounter()
+	if err := b.Subscribe("del.#", handled.Handle, eventbus.SubscriptionName("s")); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(context.Background()); err != nil {
@@ -167,7 +168,7 @@ func TestConsumerDeletedIsRecreated(t *testing.T) {
 		}
 		ok := false
 		for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-			if handled.has(ev.ID) {
+			if handled.Has(ev.ID) {
 				ok = true
 				break
 			}
@@ -191,8 +192,8 @@ func TestMemoryStorageRestart(t *testing.T) {
 	srv := brokertest.StartNATSServer(t, brokertest.NATSServerConfig{})
 	url := ownServerURL(t, srv, "storage", "memory")
 	b := newBus(t, url, unique("mem-"))
-	handled := newCounter()
-	if err := b.Subscribe("mem.#", handled.handle); err != nil {
+	handled := handled.NewCounter()
+	if err := b.Subscribe("mem.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(context.Background()); err != nil {
@@ -202,7 +203,7 @@ func TestMemoryStorageRestart(t *testing.T) {
 	if err := b.Publish(context.Background(), first); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the first event", func() bool { return handled.has(first.ID) }, func() string { return "not handled" })
+	waitFor(t, 20*time.Second, "the first event", func() bool { return handled.Has(first.ID) }, func() string { return "not handled" })
 	srv.Restart(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -210,7 +211,7 @@ func TestMemoryStorageRestart(t *testing.T) {
 	if err := b.Publish(ctx, second); err != nil {
 		t.Fatalf("Publish after the streams were lost: %v", err)
 	}
-	waitFor(t, 30*time.Second, "the event after the restart", func() bool { return handled.has(second.ID) }, func() string { return "not handled" })
+	waitFor(t, 30*time.Second, "the event after the restart", func() bool { return handled.Has(second.ID) }, func() string { return "not handled" })
 }
 
 // TestDeliverPolicy: a new subscription gets the events the stream holds
@@ -226,8 +227,8 @@ func TestDeliverPolicy(t *testing.T) {
 				t.Fatal(err)
 			}
 			b := newBus(t, url, unique("dp-"))
-			handled := newCounter()
-			if err := b.Subscribe("dp.#", handled.handle); err != nil {
+			handled := handled.NewCounter()
+			if err := b.Subscribe("dp.#", handled.Handle); err != nil {
 				t.Fatal(err)
 			}
 			if err := b.Start(context.Background()); err != nil {
@@ -237,8 +238,8 @@ func TestDeliverPolicy(t *testing.T) {
 			if err := pub.Publish(context.Background(), late); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 20*time.Second, "the late event", func() bool { return handled.has(late.ID) }, func() string { return "not handled" })
-			if got, want := handled.has(early.ID), deliver == "all"; got != want {
+			waitFor(t, 20*time.Second, "the late event", func() bool { return handled.Has(late.ID) }, func() string { return "not handled" })
+			if got, want := handled.Has(early.ID), deliver == "all"; got != want {
 				t.Errorf("deliver=%s: event from before the subscription handled: %v, want %v", deliver, got, want)
 			}
 		})
@@ -281,14 +282,14 @@ func TestAdaptivePrefetch(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := newBus(t, url, unique("ap-"))
-	slow, fast := newCounter(), newCounter()
+	slow, fast := handled.NewCounter(), handled.NewCounter()
 	if err := b.Subscribe("ap.slow", func(ctx context.Context, ev eventbus.Event) error {
 		time.Sleep(10 * time.Millisecond)
-		return slow.handle(ctx, ev)
+		return slow.Handle(ctx, ev)
 	}, eventbus.Concurrency(2)); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Subscribe("ap.fast", fast.handle, eventbus.Concurrency(2)); err != nil {
+	if err := b.Subscribe("ap.fast", fast.Handle, eventbus.Concurrency(2)); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Start(context.Background()); err != nil {
@@ -300,7 +301,7 @@ func TestAdaptivePrefetch(t *testing.T) {
 	defer cancel()
 	// At most 200 events/s with 10 ms handlers at Concurrency 2: about 10
 	// events of work in 50 ms, whatever the machine's speed.
-	waitFor(t, 20*time.Second, "the slow subscription under way", func() bool { return slow.distinct() >= 50 }, func() string { return "slow" })
+	waitFor(t, 20*time.Second, "the slow subscription under way", func() bool { return slow.Distinct() >= 50 }, func() string { return "slow" })
 	c, err := events.Consumer(ctx, consumerName(b.ServiceName(), "ap.slow"))
 	if err != nil {
 		t.Fatal(err)
@@ -312,7 +313,7 @@ func TestAdaptivePrefetch(t *testing.T) {
 	if info.NumAckPending > 2+12 {
 		t.Errorf("the slow subscription holds %d events unacknowledged; want at most Concurrency plus about 50 ms of its work", info.NumAckPending)
 	}
-	waitFor(t, 20*time.Second, "the fast subscription done", func() bool { return fast.distinct() == 2000 }, func() string { return fmt.Sprint(fast.distinct()) })
+	waitFor(t, 20*time.Second, "the fast subscription done", func() bool { return fast.Distinct() == 2000 }, func() string { return fmt.Sprint(fast.Distinct()) })
 	var most int
 	tr.subsMu.Lock()
 	for s := range tr.subs {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/paissive/go-eventbus/brokertest"
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/handled"
 )
 
 // selfSigned returns a server certificate for 127.0.0.1 that is its own
@@ -73,8 +74,8 @@ func TestTLS(t *testing.T) {
 			t.Fatalf("New over TLS: %v", err)
 		}
 		defer b.Close(context.Background())
-		got := newCounter()
-		if err := b.Subscribe("tls.#", got.handle); err != nil {
+		got := handled.NewCounter()
+		if err := b.Subscribe("tls.#", got.Handle); err != nil {
 			t.Fatal(err)
 		}
 		if err := b.Start(ctx); err != nil {
@@ -84,7 +85,7 @@ func TestTLS(t *testing.T) {
 		if err := b.Publish(ctx, ev); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 20*time.Second, "the event over TLS", func() bool { return got.has(ev.ID) }, func() string { return "not delivered" })
+		waitFor(t, 20*time.Second, "the event over TLS", func() bool { return got.Has(ev.ID) }, func() string { return "not delivered" })
 	}
 	t.Run("ConfigTLS", func(t *testing.T) {
 		// Config.TLS alone turns TLS on.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/handled"
 )
 
 // TestPatternChangeAndTopology: a named subscription whose pattern changes
@@ -39,13 +40,13 @@ func TestPatternChangeAndTopology(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	got := newCounter()
+	got := handled.NewCounter()
 	b := newBus(t, url, service)
 	if err := b.Subscribe("invoice.*", func(ctx context.Context, ev eventbus.Event) error {
 		if ev.Name == "invoice.bad" {
 			return eventbus.Permanent(errors.New("bad invoice"))
 		}
-		return got.handle(ctx, ev)
+		return got.Handle(ctx, ev)
 	}, eventbus.SubscriptionName("orders")); err != nil {
 		t.Fatal(err)
 	}
@@ -60,8 +61,8 @@ func TestPatternChangeAndTopology(t *testing.T) {
 	if err := b.Publish(ctx, fence); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the new pattern's events", func() bool { return got.has(fence.ID) && got.has(cur.ID) }, func() string { return "not handled" })
-	if got.has(old.ID) {
+	waitFor(t, 20*time.Second, "the new pattern's events", func() bool { return got.Has(fence.ID) && got.Has(cur.ID) }, func() string { return "not handled" })
+	if got.Has(old.ID) {
 		t.Error("the subscription got an event of its old pattern")
 	}
 
