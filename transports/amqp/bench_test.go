@@ -10,6 +10,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // BenchmarkBusPublishBatch100 publishes persistent, confirmed events
@@ -31,7 +32,7 @@ func BenchmarkBusPublishBatch100Deadline(b *testing.B) {
 
 func benchPublish(b *testing.B, ctx context.Context) {
 	url := isolatedURL(b)
-	bus := newBus(b, url, unique("bench-"))
+	bus := transporttest.NewBus(b, url, unique("bench-"))
 	conn, err := amqp091.Dial(brokerURL(b).String())
 	if err != nil {
 		b.Fatal(err)

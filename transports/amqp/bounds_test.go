@@ -13,6 +13,7 @@ import (
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/eventbustest"
 	"github.com/paissive/go-eventbus/internal/faultnet"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // boundMargin is how much later than its bound (its ctx's deadline, or the
@@ -56,7 +57,7 @@ func openVia(t *testing.T, px *faultnet.Proxy, params ...string) *Transport {
 // waitConnected waits until tr is (up) or is not (!up) connected.
 func waitConnected(t *testing.T, tr *Transport, up bool) {
 	t.Helper()
-	waitFor(t, 30*time.Second, fmt.Sprintf("connected=%v", up), func() bool { u, _ := tr.conn.connected(); return u == up }, func() string { return "no change" })
+	transporttest.WaitFor(t, 30*time.Second, fmt.Sprintf("connected=%v", up), func() bool { u, _ := tr.conn.connected(); return u == up }, func() string { return "no change" })
 }
 
 // roundTrip checks that tr works: a new subscription receives an event
@@ -333,7 +334,7 @@ func TestCloseBoundedWhileStalled(t *testing.T) {
 		}
 		pubDone <- tr.Publisher().Publish("closing.x", big...)
 	}()
-	waitFor(t, 10*time.Second, "a write under way", func() bool {
+	transporttest.WaitFor(t, 10*time.Second, "a write under way", func() bool {
 		pc := tr.pub.slots[0].current()
 		return pc != nil && len(pc.sendLock) == 1
 	}, func() string { return "none" })
@@ -435,13 +436,13 @@ func TestFrozenConnectionIsReplaced(t *testing.T) {
 	}
 	go func() { done <- tr.Publisher().Publish("frozen.x", big...) }()
 	var pc *pubChannel
-	waitFor(t, 10*time.Second, "a write under way", func() bool {
+	transporttest.WaitFor(t, 10*time.Second, "a write under way", func() bool {
 		pc = tr.pub.slots[0].current()
 		return pc != nil && len(pc.sendLock) == 1
 	}, func() string { return "none" })
 	waitConnected(t, tr, false)
 	// Still frozen: only the transport can release the writer.
-	waitFor(t, 10*time.Second, "the blocked write released", func() bool { return len(pc.sendLock) == 0 }, func() string { return "still blocked" })
+	transporttest.WaitFor(t, 10*time.Second, "the blocked write released", func() bool { return len(pc.sendLock) == 0 }, func() string { return "still blocked" })
 	px.Heal()
 	waitConnected(t, tr, true)
 	if g := generation(t, tr); g == gen {

@@ -11,6 +11,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // recorder keeps the events a handler received, by ID.
@@ -85,7 +86,7 @@ func rawPublish(t *testing.T, exchange, key string, p amqp091.Publishing) {
 // extensions, which reach the next handler.
 func TestForeignCloudEvents(t *testing.T) {
 	url := isolatedURL(t)
-	b := newBus(t, url, unique("foreign-"))
+	b := transporttest.NewBus(t, url, unique("foreign-"))
 	rec, fwd := newRecorder(), newRecorder()
 	if err := b.Subscribe("shop.#", func(ctx context.Context, ev eventbus.Event) error {
 		if err := rec.handle(ctx, ev); err != nil {
@@ -174,7 +175,7 @@ func TestForeignCloudEvents(t *testing.T) {
 		},
 	}
 	for id, check := range want {
-		waitFor(t, 20*time.Second, "foreign event "+id+" handled", func() bool { _, ok := rec.get(id); return ok }, func() string {
+		transporttest.WaitFor(t, 20*time.Second, "foreign event "+id+" handled", func() bool { _, ok := rec.get(id); return ok }, func() string {
 			ps, err := b.Poisoned(context.Background(), eventbus.PoisonFilter{})
 			var why []string
 			for _, p := range ps {
@@ -190,7 +191,7 @@ func TestForeignCloudEvents(t *testing.T) {
 
 	// The republished event kept the foreign event's extensions.
 	var forwarded eventbus.Event
-	waitFor(t, 20*time.Second, "the republished event", func() bool {
+	transporttest.WaitFor(t, 20*time.Second, "the republished event", func() bool {
 		fwd.mu.Lock()
 		defer fwd.mu.Unlock()
 		for _, ev := range fwd.evs {

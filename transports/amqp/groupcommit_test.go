@@ -12,6 +12,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // TestConcurrentCallersOwnOutcomes: calls from many goroutines share the
@@ -86,7 +87,7 @@ func TestConcurrentCallersOwnOutcomes(t *testing.T) {
 // although all of them are in flight at once.
 func TestMixedNamesPublishedInOrder(t *testing.T) {
 	url := isolatedURL(t)
-	b := newBus(t, url, unique("mixed-"))
+	b := transporttest.NewBus(t, url, unique("mixed-"))
 	var mu sync.Mutex
 	var got []string
 	if err := b.Subscribe("mixed.#", func(_ context.Context, ev eventbus.Event) error {
@@ -109,7 +110,7 @@ func TestMixedNamesPublishedInOrder(t *testing.T) {
 	if err := b.Publish(ctx, evs...); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "every event handled", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == len(evs) },
+	transporttest.WaitFor(t, 20*time.Second, "every event handled", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == len(evs) },
 		func() string { mu.Lock(); defer mu.Unlock(); return fmt.Sprintf("%d of %d", len(got), len(evs)) })
 	mu.Lock()
 	defer mu.Unlock()

@@ -17,7 +17,7 @@ import (
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/eventbustest"
-	"github.com/paissive/go-eventbus/internal/handled"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // frameSize returns the frame size tr's connection negotiated.
@@ -53,15 +53,15 @@ func generation(t testing.TB, tr *Transport) uint64 {
 // event is handled exactly once.
 func TestOversizedEventsFailAlone(t *testing.T) {
 	url := isolatedURL(t)
-	sub := newBus(t, url, unique("limits-sub-"))
-	handled := handled.NewCounter()
+	sub := transporttest.NewBus(t, url, unique("limits-sub-"))
+	handled := transporttest.NewCounter()
 	if err := sub.Subscribe("limits.#", handled.Handle, eventbus.Concurrency(16)); err != nil {
 		t.Fatal(err)
 	}
 	if err := sub.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	pub := newBus(t, url, unique("limits-pub-"))
+	pub := transporttest.NewBus(t, url, unique("limits-pub-"))
 	pubT, subT := transportOf(t, pub), transportOf(t, sub)
 	pubGen, subGen := generation(t, pubT), generation(t, subT)
 	frameMax := frameSize(t, pubT)
@@ -112,13 +112,13 @@ func TestOversizedEventsFailAlone(t *testing.T) {
 		}()
 	}
 	published := func() int { mu.Lock(); defer mu.Unlock(); return len(others) }
-	waitFor(t, 20*time.Second, "other publishers under way", func() bool { return published() >= 200 }, func() string { return strconv.Itoa(published()) })
+	transporttest.WaitFor(t, 20*time.Second, "other publishers under way", func() bool { return published() >= 200 }, func() string { return strconv.Itoa(published()) })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	err := pub.Publish(ctx, good1, longKey, nearFrame, overFrame, manyKeys, good2)
 	before := published()
-	waitFor(t, 20*time.Second, "other publishers go on", func() bool { return published() >= before+200 }, func() string { return strconv.Itoa(published()) })
+	transporttest.WaitFor(t, 20*time.Second, "other publishers go on", func() bool { return published() >= before+200 }, func() string { return strconv.Itoa(published()) })
 	close(stop)
 	wg.Wait()
 
@@ -150,7 +150,7 @@ func TestOversizedEventsFailAlone(t *testing.T) {
 	}
 	goods := append([]string{good1.ID, nearFrame.ID, good2.ID}, others...)
 	mu.Unlock()
-	waitFor(t, 30*time.Second, "every good event handled", func() bool { n, _ := handled.Missing(goods); return n == 0 }, handled.DescribeMissing(goods))
+	transporttest.WaitFor(t, 30*time.Second, "every good event handled", func() bool { n, _ := handled.Missing(goods); return n == 0 }, handled.DescribeMissing(goods))
 
 	if g := generation(t, pubT); g != pubGen {
 		t.Errorf("the publisher's connection was replaced (generation %d -> %d)", pubGen, g)

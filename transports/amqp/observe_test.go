@@ -17,6 +17,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/internal/syncbuf"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // TestRawAMQPTraceParent: a message published with amqp091-go alone, with
@@ -77,7 +78,7 @@ func TestRawAMQPTraceParent(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the raw message was not handled")
 	}
-	waitFor(t, 10*time.Second, "the process span", func() bool {
+	transporttest.WaitFor(t, 10*time.Second, "the process span", func() bool {
 		for _, s := range exp.GetSpans() {
 			if s.Name == "process raw.traced" {
 				if s.Parent.SpanID().String() != spanID || s.SpanContext.TraceID().String() != traceID || len(s.Links) != 1 {
@@ -144,14 +145,14 @@ func TestConnectivity(t *testing.T) {
 	if err := b.Publish(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the poison queue counts the poisoned event", func() bool {
+	transporttest.WaitFor(t, 10*time.Second, "the poison queue counts the poisoned event", func() bool {
 		n, err := tr.poison.PoisonCount(ctx)
 		return err == nil && n == 1
 	}, func() string { n, err := tr.poison.PoisonCount(ctx); return fmt.Sprint(n, err) })
 
 	cut := time.Now()
 	px.Cut()
-	waitFor(t, 10*time.Second, "reported disconnected", func() bool {
+	transporttest.WaitFor(t, 10*time.Second, "reported disconnected", func() bool {
 		start := time.Now()
 		c := tr.Connectivity()
 		if d := time.Since(start); d > 100*time.Millisecond {
@@ -162,7 +163,7 @@ func TestConnectivity(t *testing.T) {
 	if c := tr.Connectivity(); c.Since.Before(cut) || c.LastError == "" {
 		t.Errorf("while cut: %+v, want disconnected since the cut, with the error", c)
 	}
-	waitFor(t, 10*time.Second, "a failed reconnection logged", func() bool {
+	transporttest.WaitFor(t, 10*time.Second, "a failed reconnection logged", func() bool {
 		return strings.Contains(logs.String(), "cannot connect to the broker; retrying")
 	}, logs.String)
 	for _, line := range strings.Split(logs.String(), "\n") {
@@ -178,7 +179,7 @@ func TestConnectivity(t *testing.T) {
 		t.Errorf("Health while cut: %+v", h)
 	}
 	px.Heal()
-	waitFor(t, 20*time.Second, "reported connected", func() bool { return tr.Connectivity().Connected },
+	transporttest.WaitFor(t, 20*time.Second, "reported connected", func() bool { return tr.Connectivity().Connected },
 		func() string { return fmt.Sprintf("%+v", tr.Connectivity()) })
 	c := tr.Connectivity()
 	if c.Since.Before(cut) || c.LastError == "" {

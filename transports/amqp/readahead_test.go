@@ -14,6 +14,7 @@ import (
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/eventbustest"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // TestPrefetchWindow: the window is Concurrency + 128 by default,
@@ -49,7 +50,7 @@ func TestReadAheadKeepsOrderAndGivesBack(t *testing.T) {
 	const n, window = 100, 20
 	url := isolatedURL(t, "prefetch", strconv.Itoa(window))
 	svc := unique("readahead-")
-	pub := newBus(t, url, unique("readahead-pub-"))
+	pub := transporttest.NewBus(t, url, unique("readahead-pub-"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -93,28 +94,28 @@ func TestReadAheadKeepsOrderAndGivesBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	q := svc + ".s"
-	waitFor(t, 20*time.Second, "the window delivered", func() bool { return queueLength(t, q) == n-window },
+	transporttest.WaitFor(t, 20*time.Second, "the window delivered", func() bool { return queueLength(t, q) == n-window },
 		func() string { return fmt.Sprintf("%d ready, want %d", queueLength(t, q), n-window) })
 	// Close while the first handler is blocked: it is cancelled when the
 	// transport closes, and nothing was acknowledged.
 	closeCtx, closeCancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	_ = first.Close(closeCtx)
 	closeCancel()
-	waitFor(t, 20*time.Second, "every delivery back in the queue", func() bool { return queueLength(t, q) == n },
+	transporttest.WaitFor(t, 20*time.Second, "every delivery back in the queue", func() bool { return queueLength(t, q) == n },
 		func() string { return fmt.Sprintf("%d ready, want %d", queueLength(t, q), n) })
 	mu.Lock()
 	order = nil
 	mu.Unlock()
 
 	close(release)
-	second := newBus(t, url, svc)
+	second := transporttest.NewBus(t, url, svc)
 	if err := second.Subscribe("readahead.#", handler, eventbus.SubscriptionName("s")); err != nil {
 		t.Fatal(err)
 	}
 	if err := second.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "every event handled", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) >= n },
+	transporttest.WaitFor(t, 20*time.Second, "every event handled", func() bool { mu.Lock(); defer mu.Unlock(); return len(order) >= n },
 		func() string { mu.Lock(); defer mu.Unlock(); return fmt.Sprintf("%d of %d", len(order), n) })
 	mu.Lock()
 	defer mu.Unlock()

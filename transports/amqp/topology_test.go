@@ -16,14 +16,14 @@ import (
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/eventbustest"
-	"github.com/paissive/go-eventbus/internal/handled"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // subscribeNamed subscribes a counter to pattern under a subscription
 // name and starts the bus.
-func subscribeNamed(t testing.TB, b *eventbus.Bus, pattern, name string) *handled.Counter {
+func subscribeNamed(t testing.TB, b *eventbus.Bus, pattern, name string) *transporttest.Counter {
 	t.Helper()
-	c := handled.NewCounter()
+	c := transporttest.NewCounter()
 	if err := b.Subscribe(pattern, c.Handle, eventbus.SubscriptionName(name)); err != nil {
 		t.Fatal(err)
 	}
@@ -81,22 +81,22 @@ func queueDepth(t testing.TB, queue string) int {
 func TestPatternChangeBetweenRuns(t *testing.T) {
 	url := isolatedURL(t)
 	svc := unique("change-")
-	pub := newBus(t, url, unique("change-pub-"))
+	pub := transporttest.NewBus(t, url, unique("change-pub-"))
 
-	run1 := newBus(t, url, svc)
+	run1 := transporttest.NewBus(t, url, svc)
 	c1 := subscribeNamed(t, run1, "old.#", "orders")
 	ev, err := publishOne(t, pub, "old.one")
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the old pattern's event in run 1", func() bool { return c1.Has(ev.ID) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 20*time.Second, "the old pattern's event in run 1", func() bool { return c1.Has(ev.ID) }, func() string { return "not handled" })
 	closeBus(t, run1)
 	between, err := publishOne(t, pub, "old.between")
 	if err != nil {
 		t.Fatalf("an old-pattern event between the runs: %v (the queue keeps its binding while the service is down)", err)
 	}
 
-	run2 := newBus(t, url, svc)
+	run2 := transporttest.NewBus(t, url, svc)
 	c2 := subscribeNamed(t, run2, "new.#", "orders")
 	_, err = publishOne(t, pub, "old.after")
 	if !errors.Is(err, eventbus.ErrUnroutable) {
@@ -106,9 +106,9 @@ func TestPatternChangeBetweenRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the new pattern's event in run 2", func() bool { return c2.Has(fresh.ID) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 20*time.Second, "the new pattern's event in run 2", func() bool { return c2.Has(fresh.ID) }, func() string { return "not handled" })
 	var poisoned []eventbus.PoisonedEvent
-	waitFor(t, 20*time.Second, "the event queued between the runs poisoned as misrouted", func() bool {
+	transporttest.WaitFor(t, 20*time.Second, "the event queued between the runs poisoned as misrouted", func() bool {
 		poisoned, err = run2.Poisoned(context.Background(), eventbus.PoisonFilter{})
 		return err == nil && len(poisoned) == 1
 	}, func() string { return fmt.Sprintf("%d poisoned (%v)", len(poisoned), err) })
@@ -125,13 +125,13 @@ func TestPatternChangeBetweenRuns(t *testing.T) {
 
 	// With another subscription matching the old pattern, the event is
 	// routable, and still misses this queue.
-	other := newBus(t, url, unique("change-other-"))
+	other := transporttest.NewBus(t, url, unique("change-other-"))
 	c3 := subscribeNamed(t, other, "old.#", "watch")
 	late, err := publishOne(t, pub, "old.late")
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the other service's event", func() bool { return c3.Has(late.ID) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 20*time.Second, "the other service's event", func() bool { return c3.Has(late.ID) }, func() string { return "not handled" })
 	closeBus(t, run2)
 	if n := queueDepth(t, queue); n != 0 || c2.Has(late.ID) {
 		t.Errorf("the old pattern's event reached the changed subscription (queue depth %d)", n)
@@ -146,8 +146,8 @@ func TestPatternChangeBetweenRuns(t *testing.T) {
 func TestPatternChangeLosesNothing(t *testing.T) {
 	url := isolatedURL(t)
 	svc := unique("steps-")
-	pub := newBus(t, url, unique("steps-pub-"))
-	run1 := newBus(t, url, svc)
+	pub := transporttest.NewBus(t, url, unique("steps-pub-"))
+	run1 := transporttest.NewBus(t, url, svc)
 	subscribeNamed(t, run1, "step.old.#", "s")
 	closeBus(t, run1)
 
@@ -167,7 +167,7 @@ func TestPatternChangeLosesNothing(t *testing.T) {
 		routed = append(routed, ev.ID)
 	}
 	defer func() { testHookChange = nil }()
-	run2 := newBus(t, url, svc)
+	run2 := transporttest.NewBus(t, url, svc)
 	c := subscribeNamed(t, run2, "step.#", "s")
 	testHookChange = nil
 
@@ -184,7 +184,7 @@ func TestPatternChangeLosesNothing(t *testing.T) {
 	if len(failures) != 1 || !strings.Contains(failures[0], `"next bound to the queue"`) || !strings.Contains(failures[0], "no subscription matches") {
 		t.Errorf("publish failures %q; want only the one before the temporary exchange was bound", failures)
 	}
-	waitFor(t, 20*time.Second, "every event routed during the change handled", func() bool {
+	transporttest.WaitFor(t, 20*time.Second, "every event routed during the change handled", func() bool {
 		n, _ := c.Missing(routed)
 		return n == 0
 	}, c.DescribeMissing(routed))
@@ -199,8 +199,8 @@ func TestPatternChangeLosesNothing(t *testing.T) {
 func TestPatternChangeOldEventsStopAtTheSwitch(t *testing.T) {
 	url := isolatedURL(t)
 	svc := unique("stop-")
-	pub := newBus(t, url, unique("stop-pub-"))
-	run1 := newBus(t, url, svc)
+	pub := transporttest.NewBus(t, url, unique("stop-pub-"))
+	run1 := transporttest.NewBus(t, url, svc)
 	subscribeNamed(t, run1, "stop.a.#", "s")
 	closeBus(t, run1)
 
@@ -210,7 +210,7 @@ func TestPatternChangeOldEventsStopAtTheSwitch(t *testing.T) {
 		outcome[step] = err
 	}
 	defer func() { testHookChange = nil }()
-	run2 := newBus(t, url, svc)
+	run2 := transporttest.NewBus(t, url, svc)
 	subscribeNamed(t, run2, "stop.b.#", "s")
 	testHookChange = nil
 	for step, err := range outcome {
@@ -234,12 +234,12 @@ func TestPatternChangeOldEventsStopAtTheSwitch(t *testing.T) {
 func TestPatternChangeConcurrentInstances(t *testing.T) {
 	url := isolatedURL(t)
 	svc := unique("conc-change-")
-	pub := newBus(t, url, unique("conc-pub-"))
-	run1 := newBus(t, url, svc)
+	pub := transporttest.NewBus(t, url, unique("conc-pub-"))
+	run1 := transporttest.NewBus(t, url, svc)
 	subscribeNamed(t, run1, "cc.a.*", "s")
 	closeBus(t, run1)
 
-	handled := handled.NewCounter()
+	handled := transporttest.NewCounter()
 	var stop atomic.Bool
 	var published []string
 	var failed []error
@@ -257,7 +257,7 @@ func TestPatternChangeConcurrentInstances(t *testing.T) {
 	}()
 	var instances []*eventbus.Bus
 	for range 3 {
-		instances = append(instances, newBus(t, url, svc))
+		instances = append(instances, transporttest.NewBus(t, url, svc))
 	}
 	var wg sync.WaitGroup
 	for _, b := range instances {
@@ -282,7 +282,7 @@ func TestPatternChangeConcurrentInstances(t *testing.T) {
 	if len(published) == 0 {
 		t.Fatal("nothing published during the change")
 	}
-	waitFor(t, 30*time.Second, "every event handled", func() bool { n, _ := handled.Missing(published); return n == 0 }, handled.DescribeMissing(published))
+	transporttest.WaitFor(t, 30*time.Second, "every event handled", func() bool { n, _ := handled.Missing(published); return n == 0 }, handled.DescribeMissing(published))
 	if _, err := publishOne(t, pub, "cc.b.new"); err != nil {
 		t.Errorf("new-pattern event after the change: %v", err)
 	}
@@ -301,11 +301,11 @@ func TestRollingDeployKeepsNewerPattern(t *testing.T) {
 	url := isolatedURL(t)
 	proxied := strings.Replace(url, brokerURL(t).Host, px.Addr(), 1)
 	svc := unique("rolling-")
-	pub := newBus(t, url, unique("rolling-pub-"))
+	pub := transporttest.NewBus(t, url, unique("rolling-pub-"))
 
-	oldInst := newBus(t, proxied, svc)
+	oldInst := transporttest.NewBus(t, proxied, svc)
 	cOld := subscribeNamed(t, oldInst, "roll.old.#", "s")
-	newInst := newBus(t, url, svc)
+	newInst := transporttest.NewBus(t, url, svc)
 	cNew := subscribeNamed(t, newInst, "roll.#", "s")
 	if _, err := publishOne(t, pub, "rollx.old.z"); !errors.Is(err, eventbus.ErrUnroutable) {
 		t.Fatalf("control: %v", err)
@@ -314,14 +314,14 @@ func TestRollingDeployKeepsNewerPattern(t *testing.T) {
 	tr := transportOf(t, oldInst)
 	_, gen := tr.conn.connected()
 	px.Cut()
-	waitFor(t, 10*time.Second, "the old instance disconnected", func() bool { up, _ := tr.conn.connected(); return !up }, func() string { return "still up" })
+	transporttest.WaitFor(t, 10*time.Second, "the old instance disconnected", func() bool { up, _ := tr.conn.connected(); return !up }, func() string { return "still up" })
 	px.Heal()
-	waitFor(t, 20*time.Second, "the old instance reconnected", func() bool { up, g := tr.conn.connected(); return up && g > gen }, func() string { return "not yet" })
+	transporttest.WaitFor(t, 20*time.Second, "the old instance reconnected", func() bool { up, g := tr.conn.connected(); return up && g > gen }, func() string { return "not yet" })
 
 	// The old instance re-subscribes on the new connection and consumes
 	// again (it handles events that match both patterns); the pattern
 	// stays the new one: an event only it matches is still routed.
-	waitFor(t, 20*time.Second, "the old instance consuming again", func() bool {
+	transporttest.WaitFor(t, 20*time.Second, "the old instance consuming again", func() bool {
 		if _, err := publishOne(t, pub, "roll.old.x"); err != nil {
 			t.Fatalf("event of both patterns: %v", err)
 		}
@@ -340,7 +340,7 @@ func TestRollingDeployKeepsNewerPattern(t *testing.T) {
 	}
 	// Each reached the queue: handled by the new instance, or poisoned as
 	// misrouted by the old one, whose pattern does not match.
-	waitFor(t, 20*time.Second, "the new-pattern events settled", func() bool {
+	transporttest.WaitFor(t, 20*time.Second, "the new-pattern events settled", func() bool {
 		ps, err := oldInst.Poisoned(context.Background(), eventbus.PoisonFilter{})
 		if err != nil {
 			return false
@@ -365,7 +365,7 @@ func TestRollingDeployKeepsNewerPattern(t *testing.T) {
 func TestLegacyBindingRemoved(t *testing.T) {
 	url := isolatedURL(t)
 	svc := unique("legacy-")
-	pub := newBus(t, url, unique("legacy-pub-"))
+	pub := transporttest.NewBus(t, url, unique("legacy-pub-"))
 	tr := transportOf(t, pub)
 	queue := svc + ".s"
 	declared.add(tr.Exchange(), queue)
@@ -384,18 +384,18 @@ func TestLegacyBindingRemoved(t *testing.T) {
 	if err := ch.QueueBind(queue, "leg.#", tr.Exchange(), false, nil); err != nil {
 		t.Fatal(err)
 	}
-	run1 := newBus(t, url, svc)
+	run1 := transporttest.NewBus(t, url, svc)
 	c1 := subscribeNamed(t, run1, "leg.#", "s")
 	ev, err := publishOne(t, pub, "leg.one")
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "handled", func() bool { return c1.Has(ev.ID) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 20*time.Second, "handled", func() bool { return c1.Has(ev.ID) }, func() string { return "not handled" })
 	if d := c1.Duplicates(); d != 0 {
 		t.Errorf("%d duplicates through the two routes", d)
 	}
 	closeBus(t, run1)
-	run2 := newBus(t, url, svc)
+	run2 := transporttest.NewBus(t, url, svc)
 	subscribeNamed(t, run2, "other.#", "s")
 	if _, err := publishOne(t, pub, "leg.two"); !errors.Is(err, eventbus.ErrUnroutable) {
 		t.Errorf("old-pattern event after the change: %v; want ErrUnroutable (the direct binding is gone)", err)
@@ -409,7 +409,7 @@ func TestLegacyBindingRemoved(t *testing.T) {
 func TestUnroutableThroughSubscriptionExchange(t *testing.T) {
 	url := isolatedURL(t)
 	svc := unique("gone-")
-	run := newBus(t, url, svc)
+	run := transporttest.NewBus(t, url, svc)
 	subscribeNamed(t, run, "gone.#", "s")
 	queue := transportOf(t, run).QueueName(svc + ".s")
 	closeBus(t, run)
@@ -429,7 +429,7 @@ func TestUnroutableThroughSubscriptionExchange(t *testing.T) {
 	if err := ch.ExchangeDeclarePassive(queue, amqp091.ExchangeFanout, true, false, true, false, nil); err != nil {
 		t.Fatalf("the subscription's exchange: %v", err)
 	}
-	pub := newBus(t, url, unique("gone-pub-"))
+	pub := transporttest.NewBus(t, url, unique("gone-pub-"))
 	if _, err := publishOne(t, pub, "gone.x"); !errors.Is(err, eventbus.ErrUnroutable) {
 		t.Errorf("Publish to a subscription exchange without a queue: %v; want ErrUnroutable", err)
 	}
@@ -443,7 +443,7 @@ func TestPrefixNamespacesQueues(t *testing.T) {
 	base := brokerURL(t)
 	svc := "billing"
 	var buses [2]*eventbus.Bus
-	var counters [2]*handled.Counter
+	var counters [2]*transporttest.Counter
 	var prefixes [2]string
 	var fail [2]atomic.Bool
 	for i := range buses {
@@ -451,8 +451,8 @@ func TestPrefixNamespacesQueues(t *testing.T) {
 		u := *base
 		u.RawQuery = "prefix=" + prefixes[i]
 		t.Cleanup(func() { deleteTopology(t, base.String(), prefixes[i]+":events") })
-		buses[i] = newBus(t, u.String(), svc)
-		counters[i] = handled.NewCounter()
+		buses[i] = transporttest.NewBus(t, u.String(), svc)
+		counters[i] = transporttest.NewCounter()
 		c, f := counters[i], &fail[i]
 		if err := buses[i].Subscribe("invoice.#", func(ctx context.Context, ev eventbus.Event) error {
 			if f.Load() {
@@ -487,7 +487,7 @@ func TestPrefixNamespacesQueues(t *testing.T) {
 		evs[i] = ev
 	}
 	for i := range buses {
-		waitFor(t, 20*time.Second, "each application's event", func() bool { return counters[i].Has(evs[i].ID) }, func() string { return "not handled" })
+		transporttest.WaitFor(t, 20*time.Second, "each application's event", func() bool { return counters[i].Has(evs[i].ID) }, func() string { return "not handled" })
 	}
 	for i := range buses {
 		if counters[i].Distinct() != 1 || counters[i].Has(evs[1-i].ID) {
@@ -502,7 +502,7 @@ func TestPrefixNamespacesQueues(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ps []eventbus.PoisonedEvent
-	waitFor(t, 20*time.Second, "the event poisoned", func() bool {
+	transporttest.WaitFor(t, 20*time.Second, "the event poisoned", func() bool {
 		ps, err = buses[0].Poisoned(context.Background(), eventbus.PoisonFilter{})
 		return err == nil && len(ps) == 1
 	}, func() string { return fmt.Sprint(len(ps), err) })
@@ -513,7 +513,7 @@ func TestPrefixNamespacesQueues(t *testing.T) {
 	if _, err := buses[0].Replay(context.Background(), eventbus.PoisonFilter{}); err != nil {
 		t.Fatalf("Replay: %v", err)
 	}
-	waitFor(t, 20*time.Second, "the replayed event handled", func() bool { return counters[0].Has(bad.ID) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 20*time.Second, "the replayed event handled", func() bool { return counters[0].Has(bad.ID) }, func() string { return "not handled" })
 	if counters[1].Has(bad.ID) {
 		t.Error("the replayed event reached the other application")
 	}
@@ -558,8 +558,8 @@ func TestTopologyURLParameters(t *testing.T) {
 // subscription whose exchange would be the topic exchange are refused.
 func TestSubscriptionNamesTheTransportReserves(t *testing.T) {
 	url := isolatedURL(t)
-	b := newBus(t, url, unique("reserved-"))
-	err := b.Subscribe("r.#", handled.NewCounter().Handle, eventbus.SubscriptionName("orders@lock"))
+	b := transporttest.NewBus(t, url, unique("reserved-"))
+	err := b.Subscribe("r.#", transporttest.NewCounter().Handle, eventbus.SubscriptionName("orders@lock"))
 	if err == nil || !strings.Contains(err.Error(), "reserves") {
 		t.Errorf("subscription name with '@': %v", err)
 	}
@@ -597,8 +597,8 @@ func TestForeignExchangeIsNeverDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ch.ExchangeDelete(name, false, false)
-	b := newBus(t, url, svc)
-	err = b.Subscribe("fx.#", handled.NewCounter().Handle, eventbus.SubscriptionName("s"))
+	b := transporttest.NewBus(t, url, svc)
+	err = b.Subscribe("fx.#", transporttest.NewCounter().Handle, eventbus.SubscriptionName("s"))
 	if err == nil {
 		err = b.Start(context.Background())
 	}
@@ -617,7 +617,7 @@ func TestForeignExchangeIsNeverDeleted(t *testing.T) {
 // counted.
 func TestUnroutableAccept(t *testing.T) {
 	url := isolatedURL(t, "unroutable", "accept")
-	b := newBus(t, url, unique("accept-"))
+	b := transporttest.NewBus(t, url, unique("accept-"))
 	tr := transportOf(t, b)
 	var c driver.UnroutableCounter = tr
 	if _, err := publishOne(t, b, "nobody.a"); err != nil {
@@ -635,7 +635,7 @@ func TestUnroutableAccept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the routed event", func() bool { return h.Has(ev.ID) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 20*time.Second, "the routed event", func() bool { return h.Has(ev.ID) }, func() string { return "not handled" })
 	if n := c.UnroutableAccepted(); n != 3 {
 		t.Errorf("UnroutableAccepted = %d after a routed event, want 3", n)
 	}
@@ -643,7 +643,7 @@ func TestUnroutableAccept(t *testing.T) {
 		t.Errorf("Redeliver to a missing queue with unroutable=accept: %v; want ErrUnroutable", err)
 	}
 
-	strict := newBus(t, isolatedURL(t), unique("strict-"))
+	strict := transporttest.NewBus(t, isolatedURL(t), unique("strict-"))
 	if _, err := publishOne(t, strict, "nobody.a"); !errors.Is(err, eventbus.ErrUnroutable) {
 		t.Errorf("default: %v; want ErrUnroutable", err)
 	}
@@ -665,7 +665,7 @@ func eventbusMessage(t testing.TB, name string) *message.Message {
 func TestPatternChangeWaitsForTheLockWithinCtx(t *testing.T) {
 	url := isolatedURL(t)
 	svc := unique("lock-")
-	run1 := newBus(t, url, svc)
+	run1 := transporttest.NewBus(t, url, svc)
 	subscribeNamed(t, run1, "lk.old.#", "s")
 	closeBus(t, run1)
 
@@ -683,8 +683,8 @@ func TestPatternChangeWaitsForTheLockWithinCtx(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	run2 := newBus(t, url, svc)
-	if err := run2.Subscribe("lk.new.#", handled.NewCounter().Handle, eventbus.SubscriptionName("s")); err != nil {
+	run2 := transporttest.NewBus(t, url, svc)
+	if err := run2.Subscribe("lk.new.#", transporttest.NewCounter().Handle, eventbus.SubscriptionName("s")); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -705,7 +705,7 @@ func TestPatternChangeWaitsForTheLockWithinCtx(t *testing.T) {
 	if err := run2.Start(ctx2); err != nil {
 		t.Fatalf("Start once the lock is free: %v", err)
 	}
-	pub := newBus(t, url, unique("lock-pub-"))
+	pub := transporttest.NewBus(t, url, unique("lock-pub-"))
 	if _, err := publishOne(t, pub, "lk.old.x"); !errors.Is(err, eventbus.ErrUnroutable) {
 		t.Errorf("old-pattern event after the switch: %v; want ErrUnroutable", err)
 	}

@@ -23,7 +23,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
-	"github.com/paissive/go-eventbus/internal/handled"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 func openURL(ctx context.Context, rawURL string, tlsCfg *tls.Config) (driver.Transport, error) {
@@ -70,7 +70,7 @@ func TestOpenWaitsForBroker(t *testing.T) {
 		tr, err := openURL(ctx, url, nil)
 		res <- result{tr, err}
 	}()
-	waitFor(t, 10*time.Second, "a refused attempt", func() bool { return px.Refused() >= 2 }, func() string { return "no attempt" })
+	transporttest.WaitFor(t, 10*time.Second, "a refused attempt", func() bool { return px.Refused() >= 2 }, func() string { return "no attempt" })
 	px.Heal()
 	r := <-res
 	if r.err != nil {
@@ -163,18 +163,18 @@ func TestURLParameters(t *testing.T) {
 func TestPublishWaitsDuringOutage(t *testing.T) {
 	px := startFaultProxy(t)
 	url := isolatedURLVia(t, px.Addr())
-	sub := newBus(t, url, unique("outage-sub-"))
-	handled := handled.NewCounter()
+	sub := transporttest.NewBus(t, url, unique("outage-sub-"))
+	handled := transporttest.NewCounter()
 	if err := sub.Subscribe("outage.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
 	if err := sub.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	pub := newBus(t, url, unique("outage-pub-"))
+	pub := transporttest.NewBus(t, url, unique("outage-pub-"))
 	pt := transportOf(t, pub)
 	px.Cut()
-	waitFor(t, 10*time.Second, "disconnection", func() bool { up, _ := pt.conn.connected(); return !up }, func() string { return "still up" })
+	transporttest.WaitFor(t, 10*time.Second, "disconnection", func() bool { up, _ := pt.conn.connected(); return !up }, func() string { return "still up" })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -196,12 +196,12 @@ func TestPublishWaitsDuringOutage(t *testing.T) {
 		defer cancel()
 		errc <- pub.Publish(ctx, ev2)
 	}()
-	waitFor(t, 10*time.Second, "a reconnection attempt", func() bool { return px.Refused() >= 1 }, func() string { return "none" })
+	transporttest.WaitFor(t, 10*time.Second, "a reconnection attempt", func() bool { return px.Refused() >= 1 }, func() string { return "none" })
 	px.Heal()
 	if err := <-errc; err != nil {
 		t.Fatalf("Publish across the outage: %v", err)
 	}
-	waitFor(t, 20*time.Second, "delivery after the outage", func() bool { return handled.Has(ev2.ID) }, func() string { return "not delivered" })
+	transporttest.WaitFor(t, 20*time.Second, "delivery after the outage", func() bool { return handled.Has(ev2.ID) }, func() string { return "not delivered" })
 }
 
 // TestTLS runs a bus over amqps:// through a TLS-terminating proxy with a
@@ -223,7 +223,7 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("New over TLS: %v", err)
 	}
 	defer b.Close(context.Background())
-	handled := handled.NewCounter()
+	handled := transporttest.NewCounter()
 	if err := b.Subscribe("tls.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +234,7 @@ func TestTLS(t *testing.T) {
 	if err := b.Publish(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "delivery over TLS", func() bool { return handled.Has(ev.ID) }, func() string { return "not delivered" })
+	transporttest.WaitFor(t, 20*time.Second, "delivery over TLS", func() bool { return handled.Has(ev.ID) }, func() string { return "not delivered" })
 
 	start := time.Now()
 	_, err = openURL(ctx, u.String(), nil)
@@ -277,8 +277,8 @@ func selfSigned(t testing.TB) (tls.Certificate, *x509.CertPool) {
 // quorum queue (redeclaring it as a classic queue is refused) and works.
 func TestQuorumQueues(t *testing.T) {
 	url := isolatedURL(t, "queue_type", "quorum")
-	b := newBus(t, url, unique("quorum-"))
-	handled := handled.NewCounter()
+	b := transporttest.NewBus(t, url, unique("quorum-"))
+	handled := transporttest.NewCounter()
 	if err := b.Subscribe("q.#", handled.Handle, eventbus.SubscriptionName("qsub")); err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +289,7 @@ func TestQuorumQueues(t *testing.T) {
 	if err := b.Publish(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "delivery from a quorum queue", func() bool { return handled.Has(ev.ID) }, func() string { return "not delivered" })
+	transporttest.WaitFor(t, 20*time.Second, "delivery from a quorum queue", func() bool { return handled.Has(ev.ID) }, func() string { return "not delivered" })
 	conn, err := amqp091.Dial(brokerURL(t).String())
 	if err != nil {
 		t.Fatal(err)
@@ -324,7 +324,7 @@ func TestRedeliverUnknownGroup(t *testing.T) {
 // TestConcurrencyIsPrefetch: a subscription with Concurrency(3) runs
 // exactly three handlers at once, never more.
 func TestConcurrencyIsPrefetch(t *testing.T) {
-	b := newBus(t, isolatedURL(t), unique("conc-"))
+	b := transporttest.NewBus(t, isolatedURL(t), unique("conc-"))
 	release := make(chan struct{})
 	var running, peak, total atomic.Int32
 	if err := b.Subscribe("work.#", func(ctx context.Context, ev eventbus.Event) error {
@@ -352,9 +352,9 @@ func TestConcurrencyIsPrefetch(t *testing.T) {
 	if err := b.Publish(context.Background(), evs...); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "three handlers running", func() bool { return running.Load() == 3 }, func() string { return "fewer" })
+	transporttest.WaitFor(t, 20*time.Second, "three handlers running", func() bool { return running.Load() == 3 }, func() string { return "fewer" })
 	close(release)
-	waitFor(t, 20*time.Second, "all handled", func() bool { return total.Load() == 10 }, func() string { return "not all" })
+	transporttest.WaitFor(t, 20*time.Second, "all handled", func() bool { return total.Load() == 10 }, func() string { return "not all" })
 	if p := peak.Load(); p != 3 {
 		t.Errorf("peak concurrency %d, want 3", p)
 	}
@@ -401,7 +401,7 @@ func TestSubscriberCloseWaitsTransportCloseCancels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := newBus(t, url, unique("life-pub-"))
+	pub := transporttest.NewBus(t, url, unique("life-pub-"))
 	if err := pub.Publish(ctx, mustEvent(t, "life.a", nil), mustEvent(t, "life.b", nil)); err != nil {
 		t.Fatal(err)
 	}
@@ -453,8 +453,8 @@ func TestSubscriberCloseWaitsTransportCloseCancels(t *testing.T) {
 // binds the queue again and consumes on.
 func TestDeletedQueueIsRedeclared(t *testing.T) {
 	url := isolatedURL(t)
-	b := newBus(t, url, unique("deleted-"))
-	handled := handled.NewCounter()
+	b := transporttest.NewBus(t, url, unique("deleted-"))
+	handled := transporttest.NewCounter()
 	if err := b.Subscribe("del.#", handled.Handle, eventbus.SubscriptionName("victim")); err != nil {
 		t.Fatal(err)
 	}
@@ -475,7 +475,7 @@ func TestDeletedQueueIsRedeclared(t *testing.T) {
 	}
 	var id string
 	var lastErr error
-	waitFor(t, 20*time.Second, "an event routed again", func() bool {
+	transporttest.WaitFor(t, 20*time.Second, "an event routed again", func() bool {
 		ev := mustEvent(t, "del.again", nil)
 		lastErr = b.Publish(context.Background(), ev)
 		if lastErr == nil {
@@ -487,7 +487,7 @@ func TestDeletedQueueIsRedeclared(t *testing.T) {
 		}
 		return false
 	}, func() string { return fmt.Sprint(lastErr) })
-	waitFor(t, 20*time.Second, "the event handled", func() bool { return handled.Has(id) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 20*time.Second, "the event handled", func() bool { return handled.Has(id) }, func() string { return "not handled" })
 }
 
 // TestClosedTransportErrors: after Close, every operation fails with an

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
-	"github.com/paissive/go-eventbus/internal/handled"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // TestMixedNamesKeepOrder: one Publish of events with 20 different names
@@ -17,7 +17,7 @@ import (
 // order of the call.
 func TestMixedNamesKeepOrder(t *testing.T) {
 	url := isolatedURL(t)
-	sub, pub := newBus(t, url, unique("mixed-sub-")), newBus(t, url, unique("mixed-pub-"))
+	sub, pub := transporttest.NewBus(t, url, unique("mixed-sub-")), transporttest.NewBus(t, url, unique("mixed-pub-"))
 	var mu sync.Mutex
 	var names []string
 	if err := sub.Subscribe("mix.#", func(_ context.Context, ev eventbus.Event) error {
@@ -28,7 +28,7 @@ func TestMixedNamesKeepOrder(t *testing.T) {
 	}, eventbus.Concurrency(1)); err != nil {
 		t.Fatal(err)
 	}
-	odd := handled.NewCounter()
+	odd := transporttest.NewCounter()
 	if err := sub.Subscribe("mix.n01", odd.Handle, eventbus.SubscriptionName("one-name")); err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +48,7 @@ func TestMixedNamesKeepOrder(t *testing.T) {
 	if err := pub.Publish(ctx, evs...); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "every event handled", func() bool {
+	transporttest.WaitFor(t, 30*time.Second, "every event handled", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(names) >= n
@@ -62,7 +62,7 @@ func TestMixedNamesKeepOrder(t *testing.T) {
 	}
 	// Each event went to its own name's subject: the subscription to
 	// one name gets its 10 events and no other.
-	waitFor(t, 30*time.Second, "mix.n01's events", func() bool { return odd.Distinct() >= n/20 }, func() string { return fmt.Sprint(odd.Distinct()) })
+	transporttest.WaitFor(t, 30*time.Second, "mix.n01's events", func() bool { return odd.Distinct() >= n/20 }, func() string { return fmt.Sprint(odd.Distinct()) })
 	for i, ev := range evs {
 		if got := odd.Has(ev.ID); got != (i%20 == 1) {
 			t.Errorf("event %d (%s) reached the mix.n01 subscription: %v", i, ev.Name, got)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,119 +14,23 @@ import (
 	"github.com/paissive/go-eventbus/brokertest"
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbustest"
-	"github.com/paissive/go-eventbus/internal/handled"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
-// TestFaultCutMidStream publishes 10,000 events while a subscriber consumes
-// them, cuts every connection in the middle, heals it, and checks the
-// outcome: every event whose Publish returned nil is handled at least once,
-// and every other event was reported failed by its Publish.
+// TestFaultCutMidStream cuts the connections of a publishing and a
+// consuming bus in the middle of 10,000 events (transporttest.CutMidStream).
 func TestFaultCutMidStream(t *testing.T) {
-	const total, batchSize = 10000, 100
 	url, px := faultyURL(t)
-	sub := newBus(t, url, unique("fault-sub-"))
-	pub := newBus(t, url, unique("fault-pub-"))
-	handled := handled.NewCounter()
-	if err := sub.Subscribe("fault.#", handled.Handle, eventbus.Concurrency(16)); err != nil {
-		t.Fatal(err)
-	}
-	if err := sub.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	sub := transporttest.NewBus(t, url, unique("fault-sub-"))
+	pub := transporttest.NewBus(t, url, unique("fault-pub-"))
 	subNC, pubNC := transportOf(t, sub).Conn(), transportOf(t, pub).Conn()
-
-	evs := make([]eventbus.Event, total)
-	for i := range evs {
-		evs[i] = mustEvent(t, fmt.Sprintf("fault.e%d", i%7), map[string]int{"n": i})
-	}
-	var mu sync.Mutex
-	var ok, failed []string
-	var otherErrs []error
-	var published, inFlight atomic.Int64
-	var nextBatch atomic.Int64
-	half := make(chan struct{})
-	var halfOnce sync.Once
-	var wg sync.WaitGroup
-	// Four publishers keep batches in flight all the time, so the cut
-	// lands in the middle of some.
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(nextBatch.Add(1)-1) * batchSize
-				if i >= total {
-					return
-				}
-				if i >= total/2 {
-					halfOnce.Do(func() { close(half) })
-				}
-				batch := evs[i : i+batchSize]
-				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-				inFlight.Add(1)
-				err := pub.Publish(ctx, batch...)
-				inFlight.Add(-1)
-				cancel()
-				mu.Lock()
-				bad := map[string]bool{}
-				var pe *eventbus.PublishError
-				switch {
-				case err == nil:
-				case errors.As(err, &pe):
-					for _, f := range pe.Failed {
-						bad[f.ID] = true
-					}
-				default:
-					otherErrs = append(otherErrs, err)
-					for _, ev := range batch {
-						bad[ev.ID] = true
-					}
-				}
-				for _, ev := range batch {
-					if bad[ev.ID] {
-						failed = append(failed, ev.ID)
-					} else {
-						ok = append(ok, ev.ID)
-					}
-				}
-				mu.Unlock()
-				published.Add(int64(len(batch)))
-			}
-		}()
-	}
-
-	<-half
-	px.Cut()
-	cutAt, cutInFlight, handledAtCut := published.Load(), inFlight.Load(), handled.Distinct()
-	waitFor(t, 20*time.Second, "both connections notice the cut", func() bool {
-		return !subNC.IsConnected() && !pubNC.IsConnected()
-	}, func() string { return "still connected" })
-	px.Heal()
-	waitFor(t, 30*time.Second, "both connections reconnect", func() bool {
-		return subNC.IsConnected() && pubNC.IsConnected() && subNC.Stats().Reconnects > 0 && pubNC.Stats().Reconnects > 0
-	}, func() string { return "not reconnected" })
-	wg.Wait()
-
-	mu.Lock()
-	defer mu.Unlock()
-	if len(ok)+len(failed) != total {
-		t.Fatalf("%d events succeeded and %d failed, want %d in all", len(ok), len(failed), total)
-	}
-	waitFor(t, 60*time.Second, "every acknowledged event handled", func() bool {
-		n, _ := handled.Missing(ok)
-		return n == 0
-	}, handled.DescribeMissing(ok))
-	lateFailed := 0
-	for _, id := range failed {
-		if handled.Has(id) {
-			lateFailed++
-		}
-	}
-	t.Logf("cut after %d of %d events were published (%d Publish calls in flight, %d events handled); %d acknowledged, %d reported failed (%d of those reached the subscriber anyway), %d other errors %v; %d duplicate deliveries",
-		cutAt, total, cutInFlight, handledAtCut, len(ok), len(failed), lateFailed, len(otherErrs), otherErrs, handled.Duplicates())
-	if cutAt >= total {
-		t.Errorf("the cut came after publishing ended")
-	}
+	transporttest.CutMidStream(t, sub, pub, transporttest.Cut{
+		Cut: px.Cut, Heal: px.Heal,
+		Down: func() bool { return !subNC.IsConnected() && !pubNC.IsConnected() },
+		Up: func() bool {
+			return subNC.IsConnected() && pubNC.IsConnected() && subNC.Stats().Reconnects > 0 && pubNC.Stats().Reconnects > 0
+		},
+	})
 }
 
 // TestFaultServerRestart stops an in-process server with file storage in
@@ -139,9 +42,9 @@ func TestFaultCutMidStream(t *testing.T) {
 func TestFaultServerRestart(t *testing.T) {
 	srv := brokertest.StartNATSServer(t, brokertest.NATSServerConfig{})
 	url := ownServerURL(t, srv)
-	sub := newBus(t, url, unique("restart-sub-"))
-	pub := newBus(t, url, unique("restart-pub-"))
-	handled := handled.NewCounter()
+	sub := transporttest.NewBus(t, url, unique("restart-sub-"))
+	pub := transporttest.NewBus(t, url, unique("restart-pub-"))
+	handled := transporttest.NewCounter()
 	var poisonID string
 	if err := sub.Subscribe("restart.#", func(ctx context.Context, ev eventbus.Event) error {
 		if ev.Name == "restart.poison" {
@@ -159,7 +62,7 @@ func TestFaultServerRestart(t *testing.T) {
 	if err := pub.Publish(context.Background(), bad); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the bad event poisoned", func() bool {
+	transporttest.WaitFor(t, 20*time.Second, "the bad event poisoned", func() bool {
 		ps, err := sub.Poisoned(context.Background(), eventbus.PoisonFilter{IDs: []string{poisonID}})
 		return err == nil && len(ps) == 1
 	}, func() string { return "not poisoned" })
@@ -183,7 +86,7 @@ func TestFaultServerRestart(t *testing.T) {
 		return ok
 	}
 	before := publish(0, 1000)
-	waitFor(t, 30*time.Second, "the events before the restart handled", func() bool {
+	transporttest.WaitFor(t, 30*time.Second, "the events before the restart handled", func() bool {
 		n, _ := handled.Missing(before)
 		return n == 0
 	}, handled.DescribeMissing(before))
@@ -206,7 +109,7 @@ func TestFaultServerRestart(t *testing.T) {
 	after := publish(2000, 500)
 
 	all := append(append(append([]string(nil), before...), during...), after...)
-	waitFor(t, 60*time.Second, "every acknowledged event handled after the restart", func() bool {
+	transporttest.WaitFor(t, 60*time.Second, "every acknowledged event handled after the restart", func() bool {
 		n, _ := handled.Missing(all)
 		return n == 0
 	}, handled.DescribeMissing(all))
@@ -228,8 +131,8 @@ func TestFaultServerRestart(t *testing.T) {
 func TestFaultRawMessageIsPoisoned(t *testing.T) {
 	server := serverURL(t)
 	url := isolatedURLOn(t, server, "")
-	b := newBus(t, url, unique("raw-"))
-	handled := handled.NewCounter()
+	b := transporttest.NewBus(t, url, unique("raw-"))
+	handled := transporttest.NewCounter()
 	if err := b.Subscribe("raw.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
@@ -265,9 +168,9 @@ func TestFaultRawMessageIsPoisoned(t *testing.T) {
 	h.Set("Nats-Msg-Id", "foreign-"+good.ID)
 	ack(&nats.Msg{Subject: stream + ".raw.good", Header: h, Data: gm.Payload})
 
-	waitFor(t, 20*time.Second, "the good event with foreign headers", func() bool { return handled.Has(good.ID) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 20*time.Second, "the good event with foreign headers", func() bool { return handled.Has(good.ID) }, func() string { return "not handled" })
 	var poisoned []eventbus.PoisonedEvent
-	waitFor(t, 20*time.Second, "the raw message in the poison queue", func() bool {
+	transporttest.WaitFor(t, 20*time.Second, "the raw message in the poison queue", func() bool {
 		ps, err := b.Poisoned(context.Background(), eventbus.PoisonFilter{})
 		if err != nil {
 			t.Fatal(err)
@@ -286,7 +189,7 @@ func TestFaultRawMessageIsPoisoned(t *testing.T) {
 	if err := b.Publish(context.Background(), next); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the next event", func() bool { return handled.Has(next.ID) }, func() string { return "consumer stopped" })
+	transporttest.WaitFor(t, 20*time.Second, "the next event", func() bool { return handled.Has(next.ID) }, func() string { return "consumer stopped" })
 	if handled.Distinct() != 2 {
 		t.Errorf("handler saw %d events, want 2", handled.Distinct())
 	}
@@ -295,7 +198,7 @@ func TestFaultRawMessageIsPoisoned(t *testing.T) {
 	if n, err := b.Replay(context.Background(), eventbus.PoisonFilter{}); err != nil || n != 1 {
 		t.Fatalf("Replay: %d, %v", n, err)
 	}
-	waitFor(t, 20*time.Second, "the replayed raw message poisoned again", func() bool {
+	transporttest.WaitFor(t, 20*time.Second, "the replayed raw message poisoned again", func() bool {
 		ps, err := b.Poisoned(context.Background(), eventbus.PoisonFilter{})
 		return err == nil && len(ps) == 1 && ps[0].RecordID != p.RecordID
 	}, func() string { return "not poisoned again" })

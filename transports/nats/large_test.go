@@ -15,7 +15,7 @@ import (
 
 	"github.com/paissive/go-eventbus/brokertest"
 	"github.com/paissive/go-eventbus/eventbus"
-	"github.com/paissive/go-eventbus/internal/handled"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // bigData returns a JSON string of about n bytes, different for each seed.
@@ -50,7 +50,7 @@ func subjectCount(t *testing.T, s jetstream.Stream, filter string) uint64 {
 // order, and one above max_message_bytes fails alone with ErrTooLarge.
 func TestLargeEvents(t *testing.T) {
 	url := isolatedURL(t)
-	b := newBus(t, url, unique("large-"))
+	b := transporttest.NewBus(t, url, unique("large-"))
 	var mu sync.Mutex
 	var got []eventbus.Event
 	if err := b.Subscribe("large.#", func(_ context.Context, ev eventbus.Event) error {
@@ -78,7 +78,7 @@ func TestLargeEvents(t *testing.T) {
 	if err := b.Publish(context.Background(), evs...); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
-	waitFor(t, 30*time.Second, "every event", func() bool {
+	transporttest.WaitFor(t, 30*time.Second, "every event", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(got) == len(evs)
@@ -108,7 +108,7 @@ func TestLargeEvents(t *testing.T) {
 // both too.
 func TestLargePoisonReplayPurge(t *testing.T) {
 	url := isolatedURL(t)
-	b := newBus(t, url, unique("lpoison-"))
+	b := transporttest.NewBus(t, url, unique("lpoison-"))
 	var fixed atomic.Bool
 	handled := map[string][]byte{}
 	var mu sync.Mutex
@@ -133,7 +133,7 @@ func TestLargePoisonReplayPurge(t *testing.T) {
 	if err := b.Publish(context.Background(), evs...); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "both poisoned", func() bool {
+	transporttest.WaitFor(t, 30*time.Second, "both poisoned", func() bool {
 		p, err := b.Poisoned(context.Background(), eventbus.PoisonFilter{})
 		return err == nil && len(p) == 2
 	}, func() string { return "not poisoned" })
@@ -149,7 +149,7 @@ func TestLargePoisonReplayPurge(t *testing.T) {
 	if n, err := b.Replay(context.Background(), eventbus.PoisonFilter{IDs: []string{evs[0].ID}}); err != nil || n != 1 {
 		t.Fatalf("Replay: %d, %v", n, err)
 	}
-	waitFor(t, 30*time.Second, "the replayed event", func() bool {
+	transporttest.WaitFor(t, 30*time.Second, "the replayed event", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return handled[evs[0].ID] != nil
@@ -174,7 +174,7 @@ func TestLargePoisonReplayPurge(t *testing.T) {
 // consumer goes on.
 func TestLargeEventWithoutChunks(t *testing.T) {
 	url := isolatedURL(t)
-	pub := newBus(t, url, unique("lost-pub-"))
+	pub := transporttest.NewBus(t, url, unique("lost-pub-"))
 	lost := mustEvent(t, "lost.big", bigData(2<<20, 6))
 	if err := pub.Publish(context.Background(), lost); err != nil {
 		t.Fatal(err)
@@ -186,8 +186,8 @@ func TestLargeEventWithoutChunks(t *testing.T) {
 	if err := events.Purge(ctx, jetstream.WithPurgeSubject(largeRoot(tr.Stream())+".>")); err != nil {
 		t.Fatal(err)
 	}
-	b := newBus(t, url, unique("lost-"))
-	handled := handled.NewCounter()
+	b := transporttest.NewBus(t, url, unique("lost-"))
+	handled := transporttest.NewCounter()
 	if err := b.Subscribe("lost.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestLargeEventWithoutChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ps []eventbus.PoisonedEvent
-	waitFor(t, 20*time.Second, "the event poisoned", func() bool {
+	transporttest.WaitFor(t, 20*time.Second, "the event poisoned", func() bool {
 		ps, _ = b.Poisoned(context.Background(), eventbus.PoisonFilter{})
 		return len(ps) == 1
 	}, func() string { return "not poisoned" })
@@ -209,7 +209,7 @@ func TestLargeEventWithoutChunks(t *testing.T) {
 	if err := pub.Publish(context.Background(), next); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the next event", func() bool { return handled.Has(next.ID) }, func() string { return "consumer stopped" })
+	transporttest.WaitFor(t, 20*time.Second, "the next event", func() bool { return handled.Has(next.ID) }, func() string { return "consumer stopped" })
 }
 
 // TestLargeEventsOnLargerMaxPayload: on a server whose max_payload fits
@@ -217,8 +217,8 @@ func TestLargeEventWithoutChunks(t *testing.T) {
 func TestLargeEventsOnLargerMaxPayload(t *testing.T) {
 	srv := brokertest.StartNATSServer(t, brokertest.NATSServerConfig{MaxPayload: 8 << 20})
 	url := ownServerURL(t, srv)
-	b := newBus(t, url, unique("bigpayload-"))
-	handled := handled.NewCounter()
+	b := transporttest.NewBus(t, url, unique("bigpayload-"))
+	handled := transporttest.NewCounter()
 	if err := b.Subscribe("big.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestLargeEventsOnLargerMaxPayload(t *testing.T) {
 	if err := b.Publish(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the event", func() bool { return handled.Has(ev.ID) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 20*time.Second, "the event", func() bool { return handled.Has(ev.ID) }, func() string { return "not handled" })
 	tr := transportOf(t, b)
 	events, _ := tr.streams()
 	if n := subjectCount(t, events, largeRoot(tr.Stream())+".>"); n != 0 {

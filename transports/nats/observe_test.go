@@ -12,6 +12,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/internal/syncbuf"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // TestConnectivity: while a proxy in front of the server is cut, the
@@ -57,14 +58,14 @@ func TestConnectivity(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 10*time.Second, "the poison queue counts the poisoned events", func() bool {
+	transporttest.WaitFor(t, 10*time.Second, "the poison queue counts the poisoned events", func() bool {
 		n, err := tr.pq.PoisonCount(ctx)
 		return err == nil && n == 2
 	}, func() string { n, err := tr.pq.PoisonCount(ctx); return fmt.Sprint(n, " ", err) })
 
 	cut := time.Now()
 	px.Cut()
-	waitFor(t, 10*time.Second, "reported disconnected", func() bool {
+	transporttest.WaitFor(t, 10*time.Second, "reported disconnected", func() bool {
 		start := time.Now()
 		c := tr.Connectivity()
 		if d := time.Since(start); d > 100*time.Millisecond {
@@ -78,7 +79,7 @@ func TestConnectivity(t *testing.T) {
 	if h := b.Health(); h.Ready || h.Connected || h.LastError == "" {
 		t.Errorf("Health while cut: %+v", h)
 	}
-	waitFor(t, 10*time.Second, "the lost connection logged", func() bool {
+	transporttest.WaitFor(t, 10*time.Second, "the lost connection logged", func() bool {
 		return strings.Contains(logs.String(), "connection to the server lost; reconnecting")
 	}, logs.String)
 	for _, line := range strings.Split(logs.String(), "\n") {
@@ -87,7 +88,7 @@ func TestConnectivity(t *testing.T) {
 		}
 	}
 	px.Heal()
-	waitFor(t, 20*time.Second, "reported connected", func() bool { return tr.Connectivity().Connected },
+	transporttest.WaitFor(t, 20*time.Second, "reported connected", func() bool { return tr.Connectivity().Connected },
 		func() string { return fmt.Sprintf("%+v", tr.Connectivity()) })
 	if h := b.Health(); !h.Ready || !h.Connected {
 		t.Errorf("Health after healing: %+v", h)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // routingNames are event names with the zero-segment cases of '#'.
@@ -108,7 +109,7 @@ func TestFilterSubjects(t *testing.T) {
 // NATS 2.10 and later, one on 2.9.
 func TestRoutingThroughDelivery(t *testing.T) {
 	url := isolatedURL(t)
-	b := newBus(t, url, unique("routing-"))
+	b := transporttest.NewBus(t, url, unique("routing-"))
 	type rec struct {
 		mu    sync.Mutex
 		names []string
@@ -152,7 +153,7 @@ func TestRoutingThroughDelivery(t *testing.T) {
 	}
 	for i, pattern := range routingPatterns {
 		r := recs[i]
-		waitFor(t, 30*time.Second, "fence of "+pattern, func() bool {
+		transporttest.WaitFor(t, 30*time.Second, "fence of "+pattern, func() bool {
 			r.mu.Lock()
 			defer r.mu.Unlock()
 			return r.fence

@@ -12,7 +12,7 @@ import (
 	"github.com/paissive/go-eventbus/brokertest"
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
-	"github.com/paissive/go-eventbus/internal/handled"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // TestConcurrencyBound: with Concurrency 4, at most 4 handlers run at
@@ -31,10 +31,10 @@ func TestConcurrencyBound(t *testing.T) {
 				params = []string{"prefetch", tc.prefetch}
 			}
 			url := isolatedURL(t, params...)
-			b := newBus(t, url, unique("conc-"))
+			b := transporttest.NewBus(t, url, unique("conc-"))
 			release := make(chan struct{})
 			var running, most atomic.Int32
-			handled := handled.NewCounter()
+			handled := transporttest.NewCounter()
 			if err := b.Subscribe("conc.#", func(ctx context.Context, ev eventbus.Event) error {
 				n := running.Add(1)
 				for {
@@ -62,7 +62,7 @@ func TestConcurrencyBound(t *testing.T) {
 			if err := b.Publish(context.Background(), evs...); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 20*time.Second, "4 handlers running", func() bool { return running.Load() == 4 }, func() string { return "fewer" })
+			transporttest.WaitFor(t, 20*time.Second, "4 handlers running", func() bool { return running.Load() == 4 }, func() string { return "fewer" })
 			tr := transportOf(t, b)
 			events, _ := tr.streams()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -72,7 +72,7 @@ func TestConcurrencyBound(t *testing.T) {
 				t.Fatal(err)
 			}
 			var pending int
-			waitFor(t, 20*time.Second, fmt.Sprintf("%d messages unacknowledged on the server", tc.pending), func() bool {
+			transporttest.WaitFor(t, 20*time.Second, fmt.Sprintf("%d messages unacknowledged on the server", tc.pending), func() bool {
 				info, err := c.Info(ctx)
 				if err != nil {
 					t.Fatal(err)
@@ -86,7 +86,7 @@ func TestConcurrencyBound(t *testing.T) {
 				t.Errorf("%d messages unacknowledged on the server, at most %d handlers at once; want %d and 4", info.NumAckPending, most.Load(), tc.pending)
 			}
 			close(release)
-			waitFor(t, 20*time.Second, "every job", func() bool { n, _ := handled.Missing(ids); return n == 0 }, handled.DescribeMissing(ids))
+			transporttest.WaitFor(t, 20*time.Second, "every job", func() bool { n, _ := handled.Missing(ids); return n == 0 }, handled.DescribeMissing(ids))
 		})
 	}
 }
@@ -109,7 +109,7 @@ func TestLongHandlerNotRedelivered(t *testing.T) {
 		}
 		return nil
 	}
-	i1, i2 := newBus(t, url, svc), newBus(t, url, svc)
+	i1, i2 := transporttest.NewBus(t, url, svc), transporttest.NewBus(t, url, svc)
 	for _, b := range []*eventbus.Bus{i1, i2} {
 		if err := b.Subscribe("long.#", h, eventbus.SubscriptionName("workers")); err != nil {
 			t.Fatal(err)
@@ -127,7 +127,7 @@ func TestLongHandlerNotRedelivered(t *testing.T) {
 	if err := i1.Publish(context.Background(), evs...); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "every job started", func() bool { return total.Load() >= int32(len(evs)) }, func() string { return "not started" })
+	transporttest.WaitFor(t, 20*time.Second, "every job started", func() bool { return total.Load() >= int32(len(evs)) }, func() string { return "not started" })
 	time.Sleep(4500 * time.Millisecond) // the long handler runs 3.5 s, 3.5 AckWaits
 	for _, ev := range evs {
 		n, _ := calls.Load(ev.ID)
@@ -141,8 +141,8 @@ func TestLongHandlerNotRedelivered(t *testing.T) {
 // while it runs; the subscriber creates it again and goes on.
 func TestConsumerDeletedIsRecreated(t *testing.T) {
 	url := isolatedURL(t, "deliver", "new")
-	b := newBus(t, url, unique("deleted-"))
-	handled := handled.NewCounter()
+	b := transporttest.NewBus(t, url, unique("deleted-"))
+	handled := transporttest.NewCounter()
 	if err := b.Subscribe("del.#", handled.Handle, eventbus.SubscriptionName("s")); err != nil {
 		t.Fatal(err)
 	}
@@ -191,8 +191,8 @@ func TestConsumerDeletedIsRecreated(t *testing.T) {
 func TestMemoryStorageRestart(t *testing.T) {
 	srv := brokertest.StartNATSServer(t, brokertest.NATSServerConfig{})
 	url := ownServerURL(t, srv, "storage", "memory")
-	b := newBus(t, url, unique("mem-"))
-	handled := handled.NewCounter()
+	b := transporttest.NewBus(t, url, unique("mem-"))
+	handled := transporttest.NewCounter()
 	if err := b.Subscribe("mem.#", handled.Handle); err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +203,7 @@ func TestMemoryStorageRestart(t *testing.T) {
 	if err := b.Publish(context.Background(), first); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the first event", func() bool { return handled.Has(first.ID) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 20*time.Second, "the first event", func() bool { return handled.Has(first.ID) }, func() string { return "not handled" })
 	srv.Restart(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -211,7 +211,7 @@ func TestMemoryStorageRestart(t *testing.T) {
 	if err := b.Publish(ctx, second); err != nil {
 		t.Fatalf("Publish after the streams were lost: %v", err)
 	}
-	waitFor(t, 30*time.Second, "the event after the restart", func() bool { return handled.Has(second.ID) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 30*time.Second, "the event after the restart", func() bool { return handled.Has(second.ID) }, func() string { return "not handled" })
 }
 
 // TestDeliverPolicy: a new subscription gets the events the stream holds
@@ -221,13 +221,13 @@ func TestDeliverPolicy(t *testing.T) {
 	for _, deliver := range []string{"all", "new"} {
 		t.Run(deliver, func(t *testing.T) {
 			url := isolatedURL(t, "deliver", deliver)
-			pub := newBus(t, url, unique("pub-"))
+			pub := transporttest.NewBus(t, url, unique("pub-"))
 			early := mustEvent(t, "dp.early", nil)
 			if err := pub.Publish(context.Background(), early); err != nil {
 				t.Fatal(err)
 			}
-			b := newBus(t, url, unique("dp-"))
-			handled := handled.NewCounter()
+			b := transporttest.NewBus(t, url, unique("dp-"))
+			handled := transporttest.NewCounter()
 			if err := b.Subscribe("dp.#", handled.Handle); err != nil {
 				t.Fatal(err)
 			}
@@ -238,7 +238,7 @@ func TestDeliverPolicy(t *testing.T) {
 			if err := pub.Publish(context.Background(), late); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 20*time.Second, "the late event", func() bool { return handled.Has(late.ID) }, func() string { return "not handled" })
+			transporttest.WaitFor(t, 20*time.Second, "the late event", func() bool { return handled.Has(late.ID) }, func() string { return "not handled" })
 			if got, want := handled.Has(early.ID), deliver == "all"; got != want {
 				t.Errorf("deliver=%s: event from before the subscription handled: %v, want %v", deliver, got, want)
 			}
@@ -270,7 +270,7 @@ func TestRedeliverToUnknownGroup(t *testing.T) {
 // other instances), and one whose handlers are fast fetches many ahead.
 func TestAdaptivePrefetch(t *testing.T) {
 	url := isolatedURL(t)
-	pub := newBus(t, url, unique("ap-pub-"))
+	pub := transporttest.NewBus(t, url, unique("ap-pub-"))
 	var evs []eventbus.Event
 	for range 400 {
 		evs = append(evs, mustEvent(t, "ap.slow", nil))
@@ -281,8 +281,8 @@ func TestAdaptivePrefetch(t *testing.T) {
 	if err := pub.Publish(context.Background(), evs...); err != nil {
 		t.Fatal(err)
 	}
-	b := newBus(t, url, unique("ap-"))
-	slow, fast := handled.NewCounter(), handled.NewCounter()
+	b := transporttest.NewBus(t, url, unique("ap-"))
+	slow, fast := transporttest.NewCounter(), transporttest.NewCounter()
 	if err := b.Subscribe("ap.slow", func(ctx context.Context, ev eventbus.Event) error {
 		time.Sleep(10 * time.Millisecond)
 		return slow.Handle(ctx, ev)
@@ -301,7 +301,7 @@ func TestAdaptivePrefetch(t *testing.T) {
 	defer cancel()
 	// At most 200 events/s with 10 ms handlers at Concurrency 2: about 10
 	// events of work in 50 ms, whatever the machine's speed.
-	waitFor(t, 20*time.Second, "the slow subscription under way", func() bool { return slow.Distinct() >= 50 }, func() string { return "slow" })
+	transporttest.WaitFor(t, 20*time.Second, "the slow subscription under way", func() bool { return slow.Distinct() >= 50 }, func() string { return "slow" })
 	c, err := events.Consumer(ctx, consumerName(b.ServiceName(), "ap.slow"))
 	if err != nil {
 		t.Fatal(err)
@@ -313,7 +313,7 @@ func TestAdaptivePrefetch(t *testing.T) {
 	if info.NumAckPending > 2+12 {
 		t.Errorf("the slow subscription holds %d events unacknowledged; want at most Concurrency plus about 50 ms of its work", info.NumAckPending)
 	}
-	waitFor(t, 20*time.Second, "the fast subscription done", func() bool { return fast.Distinct() == 2000 }, func() string { return fmt.Sprint(fast.Distinct()) })
+	transporttest.WaitFor(t, 20*time.Second, "the fast subscription done", func() bool { return fast.Distinct() == 2000 }, func() string { return fmt.Sprint(fast.Distinct()) })
 	var most int
 	tr.subsMu.Lock()
 	for s := range tr.subs {

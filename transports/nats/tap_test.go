@@ -9,6 +9,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // TestTapLargeEventsAndReplays: a tap shows a large event (its body in
@@ -16,7 +17,7 @@ import (
 // deletes its consumer from the server.
 func TestTapLargeEventsAndReplays(t *testing.T) {
 	url := isolatedURL(t)
-	b := newBus(t, url, unique("tap-"))
+	b := transporttest.NewBus(t, url, unique("tap-"))
 	if err := b.Subscribe("tap.#", func(context.Context, eventbus.Event) error { return nil }); err != nil {
 		t.Fatal(err)
 	}

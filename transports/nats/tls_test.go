@@ -19,7 +19,7 @@ import (
 
 	"github.com/paissive/go-eventbus/brokertest"
 	"github.com/paissive/go-eventbus/eventbus"
-	"github.com/paissive/go-eventbus/internal/handled"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // selfSigned returns a server certificate for 127.0.0.1 that is its own
@@ -74,7 +74,7 @@ func TestTLS(t *testing.T) {
 			t.Fatalf("New over TLS: %v", err)
 		}
 		defer b.Close(context.Background())
-		got := handled.NewCounter()
+		got := transporttest.NewCounter()
 		if err := b.Subscribe("tls.#", got.Handle); err != nil {
 			t.Fatal(err)
 		}
@@ -85,7 +85,7 @@ func TestTLS(t *testing.T) {
 		if err := b.Publish(ctx, ev); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 20*time.Second, "the event over TLS", func() bool { return got.Has(ev.ID) }, func() string { return "not delivered" })
+		transporttest.WaitFor(t, 20*time.Second, "the event over TLS", func() bool { return got.Has(ev.ID) }, func() string { return "not delivered" })
 	}
 	t.Run("ConfigTLS", func(t *testing.T) {
 		// Config.TLS alone turns TLS on.

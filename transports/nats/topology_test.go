@@ -9,7 +9,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
-	"github.com/paissive/go-eventbus/internal/handled"
+	"github.com/paissive/go-eventbus/internal/transporttest"
 )
 
 // TestPatternChangeAndTopology: a named subscription whose pattern changes
@@ -23,7 +23,7 @@ func TestPatternChangeAndTopology(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	run := func(pattern string, h eventbus.Handler) *eventbus.Bus {
-		b := newBus(t, url, service)
+		b := transporttest.NewBus(t, url, service)
 		if err := b.Subscribe(pattern, h, eventbus.SubscriptionName("orders")); err != nil {
 			t.Fatal(err)
 		}
@@ -40,8 +40,8 @@ func TestPatternChangeAndTopology(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	got := handled.NewCounter()
-	b := newBus(t, url, service)
+	got := transporttest.NewCounter()
+	b := transporttest.NewBus(t, url, service)
 	if err := b.Subscribe("invoice.*", func(ctx context.Context, ev eventbus.Event) error {
 		if ev.Name == "invoice.bad" {
 			return eventbus.Permanent(errors.New("bad invoice"))
@@ -61,14 +61,14 @@ func TestPatternChangeAndTopology(t *testing.T) {
 	if err := b.Publish(ctx, fence); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the new pattern's events", func() bool { return got.Has(fence.ID) && got.Has(cur.ID) }, func() string { return "not handled" })
+	transporttest.WaitFor(t, 20*time.Second, "the new pattern's events", func() bool { return got.Has(fence.ID) && got.Has(cur.ID) }, func() string { return "not handled" })
 	if got.Has(old.ID) {
 		t.Error("the subscription got an event of its old pattern")
 	}
 
 	tr := transportOf(t, b)
 	var top *driver.Topology
-	waitFor(t, 10*time.Second, "the poison record counted", func() bool {
+	transporttest.WaitFor(t, 10*time.Second, "the poison record counted", func() bool {
 		var err error
 		top, err = tr.Topology(ctx, driver.TopologyQuery{Service: service, Subscriptions: []driver.SubscriptionRef{
 			{Name: "orders", Pattern: "invoice.*"}, {Name: "payments", Pattern: "payment.*"},

@@ -1,7 +1,8 @@
-// Package handled records which events a test's handlers were called
-// with, so that the transports' tests can wait until every event they
-// published was handled and count what was handled twice.
-package handled
+// Package transporttest holds what the built-in transports' own tests
+// share beyond the contract suite: a counter of handled events, waits with
+// deadlines, buses closed with the test, and the cut-in-the-middle fault
+// test every broker behind a proxy runs.
+package transporttest
 
 import (
 	"context"
