@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
 )
@@ -66,6 +69,62 @@ func (c *consumeClock) wait() (Result, error) {
 // goroutines take n messages from the channel and ack each, as the bus's
 // router and handlers would.
 func consumeThroughTransport(url string, cfg driver.SubscriberConfig, n, readers int) (Result, error) {
+	return withSubscriber(url, cfg, func(ctx context.Context, sub message.Subscriber) (Result, error) {
+		ch, err := sub.Subscribe(ctx, cfg.Pattern)
+		if err != nil {
+			return Result{}, err
+		}
+		c := newConsumeClock(n)
+		for range readers {
+			go func() {
+				for m := range ch {
+					m.Ack()
+					c.tick()
+				}
+			}()
+		}
+		return c.wait()
+	})
+}
+
+// consumeThroughTransportRouter measures a transport's subscriber under a
+// bare Watermill router; see consumeThroughRouter.
+func consumeThroughTransportRouter(url string, cfg driver.SubscriberConfig, n int) (Result, error) {
+	return withSubscriber(url, cfg, func(_ context.Context, sub message.Subscriber) (Result, error) {
+		return consumeThroughRouter(sub, cfg.Pattern, n)
+	})
+}
+
+// consumeThroughRouter measures sub under a bare Watermill router whose
+// handler only counts: the floor of a bus on sub, which consumes through
+// such a router. The router costs every message a goroutine of its own
+// and a hop through the goroutine that puts the handler's name in the
+// message's context; the bus adds its decoding, failure policy and
+// handler context on top.
+func consumeThroughRouter(sub message.Subscriber, topic string, n int) (Result, error) {
+	router, err := message.NewRouter(message.RouterConfig{}, watermill.NopLogger{})
+	if err != nil {
+		return Result{}, err
+	}
+	c := newConsumeClock(n)
+	router.AddConsumerHandler("floor", topic, sub, func(*message.Message) error {
+		c.tick()
+		return nil
+	})
+	ran := make(chan error, 1)
+	go func() { ran <- router.Run(context.Background()) }()
+	defer router.Close()
+	select {
+	case <-router.Running():
+	case err := <-ran: // the subscriber could not subscribe
+		return Result{}, fmt.Errorf("router: %w", err)
+	}
+	return c.wait()
+}
+
+// withSubscriber opens the transport of url and a subscriber of cfg on it,
+// runs measure and closes both.
+func withSubscriber(url string, cfg driver.SubscriberConfig, measure func(context.Context, message.Subscriber) (Result, error)) (Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	tr, err := driver.Open(ctx, url, driver.Config{ServiceName: cfg.Service, Logger: slog.New(slog.DiscardHandler)})
@@ -78,20 +137,7 @@ func consumeThroughTransport(url string, cfg driver.SubscriberConfig, n, readers
 		return Result{}, err
 	}
 	defer sub.Close()
-	ch, err := sub.Subscribe(ctx, cfg.Pattern)
-	if err != nil {
-		return Result{}, err
-	}
-	c := newConsumeClock(n)
-	for range readers {
-		go func() {
-			for m := range ch {
-				m.Ack()
-				c.tick()
-			}
-		}()
-	}
-	return c.wait()
+	return measure(ctx, sub)
 }
 
 // consumeThroughBus measures bus handling n events of pattern at

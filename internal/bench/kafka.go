@@ -64,6 +64,8 @@ const (
 	kafkaBus16      = "bus 16 goroutines"
 	kafkaRawCon     = "consumer group"
 	kafkaWMCon      = "watermill consume"
+	kafkaWMRouter   = "watermill consume under a router"
+	kafkaRouter     = "transport under a router C64"
 	kafkaTransport  = "transport subscriber"
 	kafkaTransport1 = "transport subscriber C1"
 	kafkaBusC1      = "bus consume C1"
@@ -102,7 +104,8 @@ func KafkaTable(cfg KafkaConfig) *Table {
 		Setup: b.setup,
 		Notes: []string{
 			"Consume rows read the same topic of N events, each with a new consumer group, and are clocked from the first message to the last (joining the group is not counted). " +
-				"With kfake the broker runs in the bench process: µs CPU/event includes the broker's work.",
+				"With kfake the broker runs in the bench process: µs CPU/event includes the broker's work. " +
+				"The router rows put a subscriber under a bare Watermill router whose handler only counts: the bus consumes through such a router, so the transport's row is as fast as the bus can be on this transport.",
 		},
 		Rows: []*Scenario{
 			{Name: "Sarama SyncProducer, one SendMessage per message", Short: kafkaSync,
@@ -124,15 +127,19 @@ func KafkaTable(cfg KafkaConfig) *Table {
 			{Name: "Sarama consumer group, mark each message (ceiling: no per-message work)", Short: kafkaRawCon, Compare: []string{kafkaWMCon},
 				Run: func(context.Context) (Result, error) { return b.rawConsume(n) }},
 			{Name: "watermill-kafka Subscriber, ack each", Short: kafkaWMCon,
-				Run: func(context.Context) (Result, error) { return b.wkConsume(n) }},
+				Run: func(context.Context) (Result, error) { return b.wkConsume(n, false) }},
+			{Name: "watermill-kafka Subscriber under a bare Watermill router, handler only counts", Short: kafkaWMRouter, Compare: []string{kafkaWMCon},
+				Run: func(context.Context) (Result, error) { return b.wkConsume(n, true) }},
 			{Name: "transport's subscriber without the bus, Concurrency 64, ack each", Short: kafkaTransport, Compare: []string{kafkaWMCon},
-				Run: func(context.Context) (Result, error) { return b.transportConsume(n, 64) }},
+				Run: func(context.Context) (Result, error) { return b.transportConsume(n, 64, false) }},
+			{Name: "transport's subscriber under a bare Watermill router, Concurrency 64, handler only counts (the bus's floor)", Short: kafkaRouter, Compare: []string{kafkaWMCon, kafkaTransport},
+				Run: func(context.Context) (Result, error) { return b.transportConsume(n, 64, true) }},
 			{Name: "transport's subscriber without the bus, Concurrency 1, ack each", Short: kafkaTransport1, Compare: []string{kafkaWMCon},
-				Run: func(context.Context) (Result, error) { return b.transportConsume(n, 1) }},
+				Run: func(context.Context) (Result, error) { return b.transportConsume(n, 1, false) }},
 			{Name: "bus consume, Concurrency(1)", Short: kafkaBusC1, Compare: []string{kafkaWMCon, kafkaTransport1},
 				Targets: []Target{{kafkaWMCon, 1.0}, {kafkaTransport1, 0.8}},
 				Run:     func(context.Context) (Result, error) { return b.busConsume(n, 1) }},
-			{Name: "bus consume, Concurrency(64)", Short: kafkaBusC64, Compare: []string{kafkaWMCon, kafkaTransport},
+			{Name: "bus consume, Concurrency(64)", Short: kafkaBusC64, Compare: []string{kafkaWMCon, kafkaTransport, kafkaWMRouter, kafkaRouter},
 				Targets: []Target{{kafkaWMCon, 1.0}, {kafkaTransport, 0.8}},
 				Run:     func(context.Context) (Result, error) { return b.busConsume(n, 64) }},
 		},
@@ -364,7 +371,9 @@ func (b *kafkaBench) rawConsume(n int) (Result, error) {
 	return c.wait()
 }
 
-func (b *kafkaBench) wkConsume(n int) (Result, error) {
+// wkConsume measures watermill-kafka's subscriber read by one goroutine
+// acking each message, or under a bare router.
+func (b *kafkaBench) wkConsume(n int, router bool) (Result, error) {
 	cfg := wkafka.DefaultSaramaSubscriberConfig()
 	cfg.Version = kafkatransport.DefaultVersion
 	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
@@ -373,6 +382,9 @@ func (b *kafkaBench) wkConsume(n int) (Result, error) {
 		return Result{}, err
 	}
 	defer s.Close()
+	if router {
+		return consumeThroughRouter(s, b.consumeTopic(), n)
+	}
 	ch, err := s.Subscribe(context.Background(), b.consumeTopic())
 	if err != nil {
 		return Result{}, err
@@ -387,11 +399,17 @@ func (b *kafkaBench) wkConsume(n int) (Result, error) {
 	return c.wait()
 }
 
-func (b *kafkaBench) transportConsume(n, concurrency int) (Result, error) {
-	return consumeThroughTransport(b.busURL(b.consumePrefix), driver.SubscriberConfig{
+// transportConsume measures the transport's subscriber read by one
+// goroutine acking each message, or under a bare router.
+func (b *kafkaBench) transportConsume(n, concurrency int, router bool) (Result, error) {
+	url, cfg := b.busURL(b.consumePrefix), driver.SubscriberConfig{
 		Group: b.unique("bench.raw"), Service: "bench", Subscription: "raw", Concurrency: concurrency,
 		Pattern: "bench.#", Match: mustMatch("bench.#"),
-	}, n, 1)
+	}
+	if router {
+		return consumeThroughTransportRouter(url, cfg, n)
+	}
+	return consumeThroughTransport(url, cfg, n, 1)
 }
 
 func (b *kafkaBench) busConsume(n, concurrency int) (Result, error) {

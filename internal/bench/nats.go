@@ -38,6 +38,7 @@ const (
 	natsBus16     = "bus 16 goroutines"
 	natsRawCon    = "pull consume"
 	natsTransport = "transport subscriber C16"
+	natsRouter    = "transport under a router C16"
 	natsBusC16    = "bus consume C16"
 	natsBusC1     = "bus consume C1"
 )
@@ -79,7 +80,7 @@ func NATSTable(cfg NATSConfig) *Table {
 				"it publishes asynchronously in batches of %d, waiting for each batch's acknowledgements before the next, as one Bus.Publish call of %d events must. "+
 				"The server's tracking of message IDs costs it part of its publish rate, which the rows without IDs show.", batch, batch),
 			"Consume rows read the same stream of N events with a new durable consumer each and are clocked from the first message to the last. " +
-				"The raw consumer is nats.go's Consume (a pull consumer keeping up to 500 messages requested) acking each message; the transport's row takes the transport's subscriber without the bus, 16 goroutines reading its channel and acking, as the bus's router and handlers do.",
+				"The raw consumer is nats.go's Consume (a pull consumer keeping up to 500 messages requested) acking each message; the transport's row takes the transport's subscriber without the bus, 16 goroutines reading its channel and acking, as the bus's router and handlers do. The router row puts the same subscriber under a bare Watermill router whose handler only counts: the bus consumes through such a router, so that row is as fast as the bus can be on this transport.",
 		},
 		Rows: []*Scenario{
 			{Name: fmt.Sprintf("nats.go PublishMsgAsync, batches of %d, Nats-Msg-Id", batch), Short: natsRawBatch,
@@ -98,8 +99,10 @@ func NATSTable(cfg NATSConfig) *Table {
 			{Name: "nats.go pull consumer (Consume), ack each", Short: natsRawCon,
 				Run: func(context.Context) (Result, error) { return b.rawConsume(n) }},
 			{Name: "transport's subscriber without the bus, Concurrency 16, ack each", Short: natsTransport, Compare: []string{natsRawCon},
-				Run: func(context.Context) (Result, error) { return b.transportConsume(n, 16) }},
-			{Name: "bus consume, Concurrency(16)", Short: natsBusC16, Compare: []string{natsRawCon, natsTransport},
+				Run: func(context.Context) (Result, error) { return b.transportConsume(n, 16, false) }},
+			{Name: "transport's subscriber under a bare Watermill router, Concurrency 16, handler only counts (the bus's floor)", Short: natsRouter, Compare: []string{natsRawCon, natsTransport},
+				Run: func(context.Context) (Result, error) { return b.transportConsume(n, 16, true) }},
+			{Name: "bus consume, Concurrency(16)", Short: natsBusC16, Compare: []string{natsRawCon, natsTransport, natsRouter},
 				Targets: []Target{{natsRawCon, 0.8}},
 				Run:     func(context.Context) (Result, error) { return b.busConsume(n, 16) }},
 			{Name: "bus consume, Concurrency(1)", Short: natsBusC1, Compare: []string{natsRawCon},
@@ -368,12 +371,18 @@ func (b *natsBench) rawConsume(n int) (Result, error) {
 	return clk.wait()
 }
 
-func (b *natsBench) transportConsume(n, concurrency int) (Result, error) {
+// transportConsume measures the transport's subscriber with concurrency
+// readers acking, or under a bare router.
+func (b *natsBench) transportConsume(n, concurrency int, router bool) (Result, error) {
 	defer b.deleteConsumers()
-	return consumeThroughTransport(b.natsURL(b.consume, ""), driver.SubscriberConfig{
+	url, cfg := b.natsURL(b.consume, ""), driver.SubscriberConfig{
 		Group: fmt.Sprintf("bench.tr%d", b.seq.Add(1)), Service: "bench", Subscription: fmt.Sprintf("tr%d", b.seq.Load()),
 		Concurrency: concurrency, Pattern: "bench.item", Match: mustMatch("bench.item"),
-	}, n, concurrency)
+	}
+	if router {
+		return consumeThroughTransportRouter(url, cfg, n)
+	}
+	return consumeThroughTransport(url, cfg, n, concurrency)
 }
 
 func (b *natsBench) busConsume(n, concurrency int) (Result, error) {
