@@ -158,7 +158,10 @@
 //     RedeliveryAfterCrash, RetryDelaysFollowBackoff,
 //     IdempotencySkipsDuplicates.
 //   - Publish works without Start, Subscribe before and after Start:
-//     PublishWithoutStart, SubscribeBeforeAndAfterStart.
+//     PublishWithoutStart, SubscribeBeforeAndAfterStart; Subscribe after
+//     Start while the broker is down waits for it (or fails) and then
+//     consumes, and Close ends such a wait by its own deadline:
+//     SubscribeAfterStartWhileDown.
 //   - correlation and causation across hops: CorrelationAcrossHops.
 //   - Close waits for handlers in flight within its ctx; the events it did
 //     not wait for come back: CloseWaitsForHandlers, CloseDeadlineRedelivers,

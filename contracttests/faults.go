@@ -161,6 +161,61 @@ func testCallsBoundedWhileDown(e *env) {
 	e.roundTrip(b, r, "down.after")
 }
 
+// testSubscribeAfterStartWhileDown: Subscribe on a started bus while the
+// broker is down waits for the broker (or fails), and once the broker is
+// back the subscription consumes; Close while such a Subscribe waits makes
+// both return by Close's deadline. Subscribe has no ctx: Close is what
+// bounds it.
+func testSubscribeAfterStartWhileDown(e *env) {
+	url, f := e.faulty()
+	b := e.busVia(url, "subdown")
+	r := newRecorder()
+	e.subscribe(b, "subdown.first.#", r.handle)
+	e.start(b)
+	e.roundTrip(b, r, "subdown.first.before")
+
+	f.Cut()
+	r2 := newRecorder()
+	subscribed := make(chan error, 1)
+	go func() { subscribed <- b.Subscribe("subdown.second.#", r2.handle) }()
+	time.Sleep(time.Second) // the outage the Subscribe must wait out
+	f.Heal()
+	var err error
+	select {
+	case err = <-subscribed:
+	case <-time.After(e.timeout):
+		e.t.Fatalf("Subscribe after Start, called while the broker was down, has not returned %v after the broker came back", e.timeout)
+	}
+	if err != nil {
+		// The transport gave up rather than wait: allowed, as long as a
+		// new call succeeds now that the broker is back.
+		e.t.Logf("Subscribe while the broker was down: %v", err)
+		e.subscribe(b, "subdown.second.#", r2.handle)
+	}
+	e.roundTrip(b, r2, "subdown.second.after")
+	e.roundTrip(b, r, "subdown.first.after")
+
+	// Close ends a Subscribe that waits for a frozen broker.
+	c := e.busVia(url, "subdown-close")
+	e.subscribe(c, "subdown.close.first.#", newRecorder().handle)
+	e.start(c)
+	f.Stall()
+	defer f.Heal()
+	waiting := make(chan error, 1)
+	go func() { waiting <- c.Subscribe("subdown.close.second.#", newRecorder().handle) }()
+	time.Sleep(500 * time.Millisecond) // Close comes while the Subscribe waits
+	took, err := e.bounded("Close while a Subscribe waits for the frozen broker", faultDeadline, func(ctx context.Context) error { return c.Close(ctx) })
+	e.t.Logf("Close returned after %v: %v", took.Round(time.Millisecond), err)
+	select {
+	case err := <-waiting:
+		if err != nil && !errors.Is(err, eventbus.ErrClosed) {
+			e.t.Logf("the waiting Subscribe returned %v", err)
+		}
+	case <-time.After(faultMargin):
+		e.t.Fatalf("Subscribe waiting for a frozen broker has not returned %v after Close did", faultMargin)
+	}
+}
+
 // testPublishRidesOutAShortOutage: a Publish whose ctx outlasts a short
 // outage (the broker restarts) waits for the broker and succeeds, and its
 // events are delivered.

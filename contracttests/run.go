@@ -101,6 +101,7 @@ var tests = []struct {
 	// Through the bus, with the fault injector.
 	{"CallsBoundedWhileStalled", testCallsBoundedWhileStalled},
 	{"CallsBoundedWhileDown", testCallsBoundedWhileDown},
+	{"SubscribeAfterStartWhileDown", testSubscribeAfterStartWhileDown},
 	{"PublishRidesOutAShortOutage", testPublishRidesOutAShortOutage},
 }
 
