@@ -56,6 +56,8 @@ type Bus struct {
 	routerDone chan struct{}
 
 	pubClosed atomic.Bool
+	// secrets are the parts of the URL that Health must not show.
+	secrets []string
 }
 
 type subscription struct {
@@ -74,6 +76,9 @@ type subscription struct {
 	// began (Unix nanoseconds).
 	inFlight     atomic.Int64
 	lastDelivery atomic.Int64
+	// poisonFailure is the last failure to store a poison record, nil
+	// once one is stored.
+	poisonFailure atomic.Pointer[storeFailure]
 }
 
 // New connects to the transport cfg.URL names and returns a bus. ctx bounds
@@ -83,7 +88,7 @@ func New(ctx context.Context, cfg Config) (*Bus, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	b := &Bus{cfg: cfg, log: cfg.Logger, idem: cfg.IdempotencyStore, subs: make(map[string]*subscription), closed: make(chan struct{})}
+	b := &Bus{cfg: cfg, log: cfg.Logger, idem: cfg.IdempotencyStore, subs: make(map[string]*subscription), closed: make(chan struct{}), secrets: driver.URLSecrets(cfg.URL)}
 	t, err := driver.Open(ctx, cfg.URL, driver.Config{ServiceName: cfg.ServiceName, Logger: cfg.Logger, TLS: cfg.TLS})
 	if err != nil {
 		return nil, err
@@ -277,9 +282,7 @@ func (b *Bus) pipeline(s *subscription) []message.HandlerMiddleware {
 		p := middleware.Poison{
 			Store: pq, Service: b.cfg.ServiceName, Subscription: s.name, Pattern: s.pattern.String(), Logger: b.log,
 		}
-		if s.tel != nil {
-			p.OnStored, p.OnStoreFailed = s.tel.poisonHooks()
-		}
+		p.OnStored, p.OnStoreFailed = b.poisonHooks(s)
 		mw = append(mw, p.Middleware)
 	}
 	if pol.IdempotencyWindow > 0 {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
@@ -52,6 +53,56 @@ type SubscriptionHealth struct {
 	// LastDelivery is when the last event was delivered to the
 	// subscription; zero if none was.
 	LastDelivery time.Time `json:"last_delivery,omitzero"`
+	// PoisonStoreError is set while the poison queue refuses this
+	// subscription's records: the error of the last attempt (passwords of
+	// the broker URL redacted), and PoisonStoreErrorTime when it failed.
+	// An event that cannot be poisoned is given back to the broker and
+	// tried again after a pause that doubles up to a minute, so nothing is
+	// lost, but the subscription spends its time on that event. Both are
+	// cleared once a record is stored. The bus stays Ready: it still
+	// consumes, and restarting the service would not mend the poison
+	// queue; alert on this field or on the eventbus.poison.store_failures
+	// metric.
+	PoisonStoreError     string    `json:"poison_store_error,omitempty"`
+	PoisonStoreErrorTime time.Time `json:"poison_store_error_time,omitzero"`
+}
+
+// storeFailure is a subscription's last failure to store a poison record.
+type storeFailure struct {
+	text string
+	at   time.Time
+}
+
+// poisonHooks returns the Poison middleware's hooks for s: they keep what
+// Health reports about the poison store, and call the telemetry's hooks
+// when it is on.
+func (b *Bus) poisonHooks(s *subscription) (stored func(reason string), failed func(error)) {
+	var telStored func(string)
+	var telFailed func(error)
+	if s.tel != nil {
+		telStored, telFailed = s.tel.poisonHooks()
+	}
+	return func(reason string) {
+			if s.poisonFailure.Load() != nil {
+				s.poisonFailure.Store(nil)
+			}
+			if telStored != nil {
+				telStored(reason)
+			}
+		}, func(err error) {
+			s.poisonFailure.Store(&storeFailure{text: redactSecrets(err.Error(), b.secrets), at: time.Now()})
+			if telFailed != nil {
+				telFailed(err)
+			}
+		}
+}
+
+// redactSecrets replaces every occurrence of each secret in text.
+func redactSecrets(text string, secrets []string) string {
+	for _, v := range secrets {
+		text = strings.ReplaceAll(text, v, "xxxxx")
+	}
+	return text
 }
 
 // Health reports the bus's state. It does not talk to the broker: it
@@ -73,6 +124,9 @@ func (b *Bus) Health() Health {
 		sh := SubscriptionHealth{Name: s.name, Pattern: s.pattern.String(), InFlight: int(s.inFlight.Load())}
 		if ns := s.lastDelivery.Load(); ns != 0 {
 			sh.LastDelivery = time.Unix(0, ns)
+		}
+		if f := s.poisonFailure.Load(); f != nil {
+			sh.PoisonStoreError, sh.PoisonStoreErrorTime = f.text, f.at
 		}
 		if started && !b.closing && s.running != nil && s.subscriber != nil {
 			select {

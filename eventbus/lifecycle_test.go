@@ -78,27 +78,11 @@ func (t *stuckTransport) allClosed() bool {
 	return true
 }
 
-var (
-	registerStuck sync.Once
-	stuckMu       sync.Mutex
-	stuckByHost   = map[string]*stuckTransport{}
-)
-
 // stuckBus opens a bus on a stuckTransport of its own.
 func stuckBus(t *testing.T) (*eventbus.Bus, *stuckTransport) {
 	t.Helper()
-	registerStuck.Do(func() {
-		driver.Register("stucktest", driver.OpenFunc(func(_ context.Context, cfg driver.Config) (driver.Transport, error) {
-			stuckMu.Lock()
-			defer stuckMu.Unlock()
-			return stuckByHost[cfg.URL.Host], nil
-		}))
-	})
 	tr := &stuckTransport{release: make(chan struct{})}
-	host := strings.NewReplacer("/", "-", "_", "-").Replace(strings.ToLower(t.Name()))
-	stuckMu.Lock()
-	stuckByHost[host] = tr
-	stuckMu.Unlock()
+	host := testDriver(t, "stucktest", func(context.Context, driver.Config) (driver.Transport, error) { return tr, nil })
 	b, err := eventbus.New(context.Background(), eventbus.Config{ServiceName: "stuck", URL: "stucktest://" + host})
 	if err != nil {
 		t.Fatal(err)
@@ -112,6 +96,41 @@ func stuckBus(t *testing.T) (*eventbus.Bus, *stuckTransport) {
 		_ = b.Close(context.Background())
 	})
 	return b, tr
+}
+
+var (
+	testDriversMu sync.Mutex
+	testDrivers   = map[string]bool{}                                                           // registered schemes
+	testOpeners   = map[string]func(context.Context, driver.Config) (driver.Transport, error){} // by scheme and host
+)
+
+// testDriver makes URLs of scheme with the returned host open a transport
+// with open, for this test only: the driver of each scheme is registered
+// once per process, and looks up the test's opener by the URL's host.
+func testDriver(t *testing.T, scheme string, open func(context.Context, driver.Config) (driver.Transport, error)) (host string) {
+	t.Helper()
+	host = strings.NewReplacer("/", "-", "_", "-").Replace(strings.ToLower(t.Name()))
+	testDriversMu.Lock()
+	defer testDriversMu.Unlock()
+	if !testDrivers[scheme] {
+		testDrivers[scheme] = true
+		driver.Register(scheme, driver.OpenFunc(func(ctx context.Context, cfg driver.Config) (driver.Transport, error) {
+			testDriversMu.Lock()
+			f := testOpeners[scheme+"://"+cfg.URL.Host]
+			testDriversMu.Unlock()
+			if f == nil {
+				return nil, fmt.Errorf("no transport set up for host %q", cfg.URL.Host)
+			}
+			return f(ctx, cfg)
+		}))
+	}
+	testOpeners[scheme+"://"+host] = open
+	t.Cleanup(func() {
+		testDriversMu.Lock()
+		delete(testOpeners, scheme+"://"+host)
+		testDriversMu.Unlock()
+	})
+	return host
 }
 
 // TestStartReturnsByItsDeadline: while the broker does not answer, Start

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -28,11 +29,8 @@ func RedactURL(rawURL string) string {
 	if u.RawQuery != "" {
 		q := u.Query()
 		for k := range q {
-			lk := strings.ToLower(k)
-			for _, secret := range []string{"pass", "secret", "token", "key"} {
-				if strings.Contains(lk, secret) {
-					q.Set(k, "xxxxx")
-				}
+			if secretParam(k) {
+				q.Set(k, "xxxxx")
 			}
 		}
 		u.RawQuery = q.Encode()
@@ -43,4 +41,42 @@ func RedactURL(rawURL string) string {
 		}
 	}
 	return u.Redacted()
+}
+
+// URLSecrets returns the parts of a broker URL that RedactURL hides: its
+// password, a user name without a password, and the values of query
+// parameters whose names mention a password, secret, token or key. Code
+// that shows a broker's error texts, which may quote them, replaces each
+// with "xxxxx" (as [ConnectivityState] does).
+func URLSecrets(rawURL string) []string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	if u.User != nil {
+		if pw, ok := u.User.Password(); ok {
+			out = append(out, pw)
+		} else {
+			out = append(out, u.User.Username())
+		}
+	}
+	for k, vs := range u.Query() {
+		if secretParam(k) {
+			out = append(out, vs...)
+		}
+	}
+	return slices.DeleteFunc(out, func(v string) bool { return v == "" })
+}
+
+// secretParam reports whether a URL query parameter's name says it holds
+// a secret.
+func secretParam(name string) bool {
+	name = strings.ToLower(name)
+	for _, secret := range []string{"pass", "secret", "token", "key"} {
+		if strings.Contains(name, secret) {
+			return true
+		}
+	}
+	return false
 }

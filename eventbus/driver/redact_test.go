@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -28,6 +29,26 @@ func TestRedactURLUserinfo(t *testing.T) {
 		got := RedactURL(tc.in)
 		if got != tc.want || (tc.secret != "" && strings.Contains(got, tc.secret)) {
 			t.Errorf("RedactURL(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestURLSecrets(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+	}{
+		{"amqp://app:hunter2@127.0.0.1:5672/", []string{"hunter2"}},
+		{"nats://s3cr3tt0ken@127.0.0.1:4222", []string{"s3cr3tt0ken"}},
+		{"kafka://broker:9092?sasl_user=app&sasl_password=pw1&api_key=k1&partitions=8", []string{"k1", "pw1"}},
+		{"amqp://app:@127.0.0.1/", nil}, // an empty password hides nothing
+		{"mem://", nil},
+		{"%zz", nil},
+	} {
+		got := URLSecrets(tc.in)
+		slices.Sort(got)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("URLSecrets(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }
