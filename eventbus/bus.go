@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
 	"github.com/paissive/go-eventbus/internal/logkeys"
+	"github.com/paissive/go-eventbus/internal/redactlog"
 	"github.com/paissive/go-eventbus/internal/wire"
 	"github.com/paissive/go-eventbus/middleware"
 )
@@ -56,8 +58,9 @@ type Bus struct {
 	routerDone chan struct{}
 
 	pubClosed atomic.Bool
-	// secrets are the parts of the URL that Health must not show.
-	secrets []string
+	// redact hides the URL's secrets in the texts Health shows; nil when
+	// the URL has none.
+	redact *strings.Replacer
 }
 
 type subscription struct {
@@ -88,7 +91,14 @@ func New(ctx context.Context, cfg Config) (*Bus, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	b := &Bus{cfg: cfg, log: cfg.Logger, idem: cfg.IdempotencyStore, subs: make(map[string]*subscription), closed: make(chan struct{}), secrets: driver.URLSecrets(cfg.URL)}
+	// Error texts of brokers and transports may quote the URL, password
+	// included: every line the bus, Watermill and the transport log goes
+	// through a handler that hides the URL's secrets.
+	secrets := driver.URLSecrets(cfg.URL)
+	if len(secrets) > 0 {
+		cfg.Logger = slog.New(redactlog.New(cfg.Logger.Handler(), secrets))
+	}
+	b := &Bus{cfg: cfg, log: cfg.Logger, idem: cfg.IdempotencyStore, subs: make(map[string]*subscription), closed: make(chan struct{}), redact: redactlog.Replacer(secrets)}
 	t, err := driver.Open(ctx, cfg.URL, driver.Config{ServiceName: cfg.ServiceName, Logger: cfg.Logger, TLS: cfg.TLS})
 	if err != nil {
 		return nil, err

@@ -36,8 +36,12 @@ type Config struct {
 	// "amqps://...", "kafka://host:port". Empty means [DefaultURL].
 	URL string
 
-	// Logger receives the bus's log lines. Nil means slog.Default(). The
-	// happy path logs at debug level only.
+	// Logger receives the bus's log lines, Watermill's and the
+	// transport's. Nil means slog.Default(). The happy path logs at debug
+	// level only. When URL holds a password, a token or a secret query
+	// parameter, the bus logs through a handler that replaces them with
+	// "xxxxx" wherever they appear (a broker library's error text may
+	// quote the URL).
 	Logger *slog.Logger
 
 	// TLS configures TLS for "amqps://" and TLS-enabled Kafka; nil means

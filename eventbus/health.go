@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/paissive/go-eventbus/eventbus/driver"
@@ -90,19 +89,15 @@ func (b *Bus) poisonHooks(s *subscription) (stored func(reason string), failed f
 				telStored(reason)
 			}
 		}, func(err error) {
-			s.poisonFailure.Store(&storeFailure{text: redactSecrets(err.Error(), b.secrets), at: time.Now()})
+			text := err.Error()
+			if b.redact != nil {
+				text = b.redact.Replace(text)
+			}
+			s.poisonFailure.Store(&storeFailure{text: text, at: time.Now()})
 			if telFailed != nil {
 				telFailed(err)
 			}
 		}
-}
-
-// redactSecrets replaces every occurrence of each secret in text.
-func redactSecrets(text string, secrets []string) string {
-	for _, v := range secrets {
-		text = strings.ReplaceAll(text, v, "xxxxx")
-	}
-	return text
 }
 
 // Health reports the bus's state. It does not talk to the broker: it

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -12,15 +13,18 @@ import (
 
 	"github.com/paissive/go-eventbus/eventbus"
 	"github.com/paissive/go-eventbus/eventbus/driver"
+	"github.com/paissive/go-eventbus/internal/syncbuf"
 	"github.com/paissive/go-eventbus/transports/memory"
 )
 
 // TestHealthReportsPoisonStoreFailure: while the poison queue refuses a
 // subscription's records, Health names the error (the URL's password
 // redacted) and the bus stays ready; once a record is stored, the error
-// is cleared and the event is in the poison queue, stored once.
+// is cleared and the event is in the poison queue, stored once. The log
+// lines that quote the store's error do not show the password either.
 func TestHealthReportsPoisonStoreFailure(t *testing.T) {
-	b, q := refusingPoisonBus(t)
+	var logs syncbuf.Buffer
+	b, q := refusingPoisonBus(t, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	permanent := fmt.Errorf("%w: this event is wrong", eventbus.ErrPermanent)
 	if err := b.Subscribe("refused.#", func(context.Context, eventbus.Event) error { return permanent }); err != nil {
 		t.Fatal(err)
@@ -45,6 +49,9 @@ func TestHealthReportsPoisonStoreFailure(t *testing.T) {
 	}
 	if s.PoisonStoreErrorTime.IsZero() || !h.Ready {
 		t.Errorf("while the store fails: %+v, want an error time and a ready bus", h)
+	}
+	if out := logs.String(); strings.Contains(out, "s3cret") || !strings.Contains(out, "amqp://app:xxxxx@10.0.0.1") {
+		t.Errorf("the log shows the password, or not the redacted error:\n%s", out)
 	}
 
 	q.refuse.Store(false)
@@ -89,9 +96,9 @@ type refusingTransport struct {
 
 func (t *refusingTransport) PoisonQueue() (driver.PoisonQueue, error) { return t.q, nil }
 
-// refusingPoisonBus opens a bus on a refusingTransport of its own, whose
-// URL holds a password.
-func refusingPoisonBus(t *testing.T) (*eventbus.Bus, *refusingQueue) {
+// refusingPoisonBus opens a bus logging to log on a refusingTransport of
+// its own, whose URL holds a password.
+func refusingPoisonBus(t *testing.T, log *slog.Logger) (*eventbus.Bus, *refusingQueue) {
 	t.Helper()
 	q := &refusingQueue{}
 	host := testDriver(t, "refusingtest", func(ctx context.Context, cfg driver.Config) (driver.Transport, error) {
@@ -109,7 +116,7 @@ func refusingPoisonBus(t *testing.T) (*eventbus.Bus, *refusingQueue) {
 	})
 	t.Cleanup(func() { memory.Forget(host) })
 	b, err := eventbus.New(context.Background(), eventbus.Config{ServiceName: "refused", URL: "refusingtest://app:s3cret@" + host + "/",
-		Policy: eventbus.Policy{MaxAttempts: 1}})
+		Policy: eventbus.Policy{MaxAttempts: 1}, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
