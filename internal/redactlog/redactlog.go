@@ -10,10 +10,14 @@ import (
 	"strings"
 )
 
+// MinSecret is the length of the shortest secret replaced.
+const MinSecret = 4
+
 // New returns h replacing every occurrence of each secret in messages and
-// in string, error and Stringer values (in groups too) with "xxxxx". With
-// no secrets it returns h itself, so a URL without a password costs
-// nothing.
+// in string, error and Stringer values (in groups too) with "xxxxx". A
+// user name equal to the password is replaced too ("amqp://guest:guest@"
+// is logged as "amqp://xxxxx:xxxxx@"). With no secrets (see Replacer) it
+// returns h itself, so a URL without a password costs nothing.
 func New(h slog.Handler, secrets []string) slog.Handler {
 	r := Replacer(secrets)
 	if r == nil {
@@ -22,12 +26,14 @@ func New(h slog.Handler, secrets []string) slog.Handler {
 	return &handler{inner: h, r: r}
 }
 
-// Replacer returns a replacer of each non-empty secret with "xxxxx", for
-// texts shown elsewhere than in the log; nil when there is none.
+// Replacer returns a replacer of each secret with "xxxxx", for texts
+// shown elsewhere than in the log; nil when there is none. Secrets shorter
+// than MinSecret are left alone: replacing every "a" of a log would make
+// it unreadable and hide nothing worth hiding.
 func Replacer(secrets []string) *strings.Replacer {
 	var pairs []string
 	for _, v := range secrets {
-		if v != "" {
+		if len(v) >= MinSecret {
 			pairs = append(pairs, v, "xxxxx")
 		}
 	}

@@ -41,7 +41,7 @@ func TestRedacts(t *testing.T) {
 
 func TestNoSecretsNoWrapper(t *testing.T) {
 	base := slog.NewTextHandler(&bytes.Buffer{}, nil)
-	if h := New(base, []string{""}); h != base {
+	if h := New(base, []string{"", "abc"}); h != base {
 		t.Errorf("New without secrets returned %T, want the handler itself", h)
 	}
 }
