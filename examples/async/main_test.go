@@ -30,6 +30,12 @@ func TestAsyncRabbitMQ(t *testing.T) {
 	checkResult(t, res, out)
 }
 
+// TestAsyncNATS runs the example on NATS JetStream, in a stream of its own.
+func TestAsyncNATS(t *testing.T) {
+	res, out := runScenario(t, extest.NATSURL(t, "examples-async"))
+	checkResult(t, res, out)
+}
+
 func runScenario(t *testing.T, url string) (Result, string) {
 	t.Helper()
 	return extest.Run(t, 30*time.Second, run, url)

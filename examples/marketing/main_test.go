@@ -45,6 +45,12 @@ func TestMarketingRabbitMQ(t *testing.T) {
 	checkResult(t, res, out)
 }
 
+// TestMarketingNATS runs the example on NATS JetStream, in a stream of its own.
+func TestMarketingNATS(t *testing.T) {
+	res, out := runScenario(t, extest.NATSURL(t, "examples-marketing"))
+	checkResult(t, res, out)
+}
+
 func runScenario(t *testing.T, url string) (Result, string) {
 	t.Helper()
 	return extest.Run(t, 20*time.Second, run, url)

@@ -50,6 +50,12 @@ func TestNicheAnalysisRabbitMQ(t *testing.T) {
 	checkResult(t, res, out)
 }
 
+// TestNicheAnalysisNATS runs the example on NATS JetStream, in a stream of its own.
+func TestNicheAnalysisNATS(t *testing.T) {
+	res, out := runScenario(t, extest.NATSURL(t, "examples-nicheanalysis"))
+	checkResult(t, res, out)
+}
+
 func runScenario(t *testing.T, url string) (Result, string) {
 	t.Helper()
 	return extest.Run(t, 20*time.Second, run, url)

@@ -41,6 +41,7 @@ import (
 	_ "github.com/paissive/go-eventbus/transports/amqp"
 	_ "github.com/paissive/go-eventbus/transports/kafka"
 	_ "github.com/paissive/go-eventbus/transports/memory"
+	_ "github.com/paissive/go-eventbus/transports/nats"
 )
 
 func main() {
@@ -185,6 +186,16 @@ type order struct {
 
 func (s *service) subscribe() error {
 	err := s.bus.Subscribe("order.placed", func(ctx context.Context, ev eventbus.Event) error {
+		// A broker that keeps history (NATS and Kafka start a new
+		// subscription at the first stored event) may hand over orders of
+		// earlier runs, or of other programs: they are acknowledged and
+		// left alone.
+		s.mu.Lock()
+		mine := s.orders[ev.ID]
+		s.mu.Unlock()
+		if !mine {
+			return nil
+		}
 		var o order
 		if err := ev.Decode(&o); err != nil {
 			return eventbus.Permanent(err)

@@ -80,6 +80,55 @@ func TestObservabilityRabbitMQ(t *testing.T) {
 
 }
 
+// TestObservabilityNATS runs the service on NATS JetStream, in a stream
+// of its own: the metrics after the scenario.
+func TestObservabilityNATS(t *testing.T) {
+	s := startService(t, extest.NATSURL(t, "examples-observability"), "shop")
+	runScenario(t, s)
+	checkHealth(t, s, 200)
+}
+
+// TestObservabilityLeavesOtherOrders: on NATS a new subscription starts at
+// the stream's first event, so the service receives an order another
+// program published before it subscribed; it acknowledges that order
+// without billing it, and the scenario ends as usual.
+func TestObservabilityLeavesOtherOrders(t *testing.T) {
+	u := extest.NATSURL(t, "examples-observability-history")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	other, err := eventbus.New(ctx, eventbus.Config{ServiceName: "other", URL: u})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := eventbus.NewEvent("order.placed", order{N: 99})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Publish(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	s := startService(t, u, "shop")
+	if _, err := s.scenario(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	consumed := func() float64 {
+		return total(scrape(t, s)["messaging_client_consumed_messages_total"], "messaging_destination_subscription_name", "billing")
+	}
+	for consumed() < 10 {
+		if ctx.Err() != nil {
+			t.Fatalf("billing consumed %v orders, want the 9 of the scenario and the other program's", consumed())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := total(scrape(t, s)["messaging_client_sent_messages_total"], "messaging_destination_name", "order.billed"); got != 6 || s.billed.Load() != 6 {
+		t.Errorf("%v order.billed sent, %d shipped; want 6 of each: the other program's order is not billed", got, s.billed.Load())
+	}
+}
+
 func startService(t *testing.T, url, name string) *service {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -30,6 +30,11 @@ func TestQuickstartRabbitMQ(t *testing.T) {
 	checkOutput(t, runScenario(t, extest.AMQPURL(t, "eventbus-examples-quickstart")))
 }
 
+// TestQuickstartNATS runs the example on NATS JetStream, in a stream of its own.
+func TestQuickstartNATS(t *testing.T) {
+	checkOutput(t, runScenario(t, extest.NATSURL(t, "examples-quickstart")))
+}
+
 func runScenario(t *testing.T, url string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)

@@ -51,6 +51,12 @@ func TestWorkflowRabbitMQ(t *testing.T) {
 	checkResult(t, res, out)
 }
 
+// TestWorkflowNATS runs the example on NATS JetStream, in a stream of its own.
+func TestWorkflowNATS(t *testing.T) {
+	res, out := runScenario(t, extest.NATSURL(t, "examples-workflow"))
+	checkResult(t, res, out)
+}
+
 func runScenario(t *testing.T, url string) (Result, string) {
 	t.Helper()
 	return extest.Run(t, 20*time.Second, run, url)

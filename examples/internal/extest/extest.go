@@ -1,11 +1,13 @@
-// Package extest holds what the examples' tests share: the RabbitMQ URL to
-// run an example on, when a broker and the transport are available, and a
-// buffer that handlers may write to concurrently.
+// Package extest holds what the examples' tests share: the RabbitMQ and
+// NATS URLs to run an example on, when a broker and the transport are
+// available, and a buffer that handlers may write to concurrently.
 package extest
 
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/url"
 	"slices"
@@ -14,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/paissive/go-eventbus/brokertest"
@@ -39,6 +43,54 @@ func AMQPURL(t testing.TB, exchange string) string {
 		sep = "&"
 	}
 	return base + sep + "exchange=" + url.QueryEscape(exchange)
+}
+
+// NATSURL returns the NATS URL to run an example on, with a stream of its
+// own (named after stream and the time), deleted with its poison and
+// large-message streams when the test ends. The server is found by
+// brokertest.NATSURL (EVENTBUS_TEST_NATS_URL, then 127.0.0.1:4222 with
+// JetStream, else an in-process server), so the test always runs. It is
+// skipped when the example was built without the nats transport.
+func NATSURL(t testing.TB, stream string) string {
+	t.Helper()
+	if !slices.Contains(driver.Schemes(), "nats") {
+		t.Skipf("skipping NATS: this example is built without the nats transport (registered schemes: %v)", driver.Schemes())
+	}
+	base, _ := brokertest.NATSURL(t)
+	stream = fmt.Sprintf("%s-%d", stream, time.Now().UnixNano())
+	t.Cleanup(func() { deleteStreams(t, base, stream, stream+"_poison", stream+"_large") })
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatalf("NATS server URL: %v", err)
+	}
+	q := u.Query()
+	q.Set("stream", stream)
+	u.RawQuery = q.Encode()
+	if u.Path == "" {
+		u.Path = "/"
+	}
+	return u.String()
+}
+
+func deleteStreams(t testing.TB, rawURL string, names ...string) {
+	nc, err := nats.Connect(rawURL, nats.Timeout(5*time.Second), nats.NoReconnect())
+	if err != nil {
+		t.Logf("cannot delete streams %v: %v", names, err)
+		return
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Logf("cannot delete streams %v: %v", names, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, n := range names {
+		if err := js.DeleteStream(ctx, n); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			t.Logf("cannot delete stream %s: %v", n, err)
+		}
+	}
 }
 
 func deleteExchange(t testing.TB, rawURL, exchange string) {
