@@ -685,7 +685,12 @@ func (p *puller) maybeRequest() {
 	}
 	capacity := p.s.cfg.Concurrency + p.prefetch()
 	free := capacity - p.held - p.requested
-	if p.stopping || p.setup || free <= 0 || (p.requested > 0 && free < max(1, capacity/4)) || !p.s.t.nc.IsConnected() {
+	// Once Close has begun (life ends before the loop sets stopping), no
+	// new request: messages the server sends for it while the inbox is
+	// being unsubscribed can be lost in transit and come back only after
+	// AckWait, and in one such case the next instance got one of them
+	// twice (RestartMidStreamLosesNothing, on nats-server 2.9.10).
+	if p.stopping || p.s.life.Err() != nil || p.setup || free <= 0 || (p.requested > 0 && free < max(1, capacity/4)) || !p.s.t.nc.IsConnected() {
 		p.mu.Unlock()
 		return
 	}
