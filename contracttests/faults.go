@@ -71,6 +71,29 @@ func (e *env) bounded(what string, d time.Duration, f func(ctx context.Context) 
 	}
 }
 
+// runningBus opens a started bus for service on url, subscribed to
+// prefix+".#" with a recorder, and checks that an event goes round.
+func (e *env) runningBus(url, service, prefix string) (*eventbus.Bus, *recorder) {
+	e.t.Helper()
+	b := e.busVia(url, service)
+	r := newRecorder()
+	e.subscribe(b, prefix+".#", r.handle)
+	e.start(b)
+	e.roundTrip(b, r, prefix+".before")
+	return b, r
+}
+
+// frozenUnder opens a started bus for service on url, subscribed to
+// pattern, then freezes the broker with f; the test heals it.
+func (e *env) frozenUnder(url, service, pattern string, f Faults) *eventbus.Bus {
+	e.t.Helper()
+	c := e.busVia(url, service)
+	e.subscribe(c, pattern, newRecorder().handle)
+	e.start(c)
+	f.Stall()
+	return c
+}
+
 // roundTrip publishes an event through pub and waits until r has it.
 func (e *env) roundTrip(pub *eventbus.Bus, r *recorder, name string) {
 	e.t.Helper()
@@ -85,11 +108,7 @@ func (e *env) roundTrip(pub *eventbus.Bus, r *recorder, name string) {
 // again the same bus publishes and consumes.
 func testCallsBoundedWhileStalled(e *env) {
 	url, f := e.faulty()
-	b := e.busVia(url, "stalled")
-	r := newRecorder()
-	e.subscribe(b, "stall.#", r.handle)
-	e.start(b)
-	e.roundTrip(b, r, "stall.before")
+	b, r := e.runningBus(url, "stalled", "stall")
 
 	f.Stall()
 	ev := e.event("stall.during", nil)
@@ -113,10 +132,7 @@ func testCallsBoundedWhileStalled(e *env) {
 	e.roundTrip(b, r, "stall.after")
 
 	// A second bus, closed while the broker is frozen.
-	c := e.busVia(url, "stalled-close")
-	e.subscribe(c, "stall.close.#", newRecorder().handle)
-	e.start(c)
-	f.Stall()
+	c := e.frozenUnder(url, "stalled-close", "stall.close.#", f)
 	defer f.Heal()
 	took, err := e.bounded("Close while the broker is frozen", faultDeadline, func(ctx context.Context) error { return c.Close(ctx) })
 	e.t.Logf("Close while frozen returned after %v: %v", took.Round(time.Millisecond), err)
@@ -168,11 +184,7 @@ func testCallsBoundedWhileDown(e *env) {
 // bounds it.
 func testSubscribeAfterStartWhileDown(e *env) {
 	url, f := e.faulty()
-	b := e.busVia(url, "subdown")
-	r := newRecorder()
-	e.subscribe(b, "subdown.first.#", r.handle)
-	e.start(b)
-	e.roundTrip(b, r, "subdown.first.before")
+	b, r := e.runningBus(url, "subdown", "subdown.first")
 
 	f.Cut()
 	r2 := newRecorder()
@@ -196,10 +208,7 @@ func testSubscribeAfterStartWhileDown(e *env) {
 	e.roundTrip(b, r, "subdown.first.after")
 
 	// Close ends a Subscribe that waits for a frozen broker.
-	c := e.busVia(url, "subdown-close")
-	e.subscribe(c, "subdown.close.first.#", newRecorder().handle)
-	e.start(c)
-	f.Stall()
+	c := e.frozenUnder(url, "subdown-close", "subdown.close.first.#", f)
 	defer f.Heal()
 	waiting := make(chan error, 1)
 	go func() { waiting <- c.Subscribe("subdown.close.second.#", newRecorder().handle) }()
@@ -221,11 +230,7 @@ func testSubscribeAfterStartWhileDown(e *env) {
 // events are delivered.
 func testPublishRidesOutAShortOutage(e *env) {
 	url, f := e.faulty()
-	b := e.busVia(url, "outage")
-	r := newRecorder()
-	e.subscribe(b, "outage.#", r.handle)
-	e.start(b)
-	e.roundTrip(b, r, "outage.before")
+	b, r := e.runningBus(url, "outage", "outage")
 	f.Cut()
 	healed := make(chan struct{})
 	go func() {
