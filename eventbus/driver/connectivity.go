@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/paissive/go-eventbus/internal/redactlog"
 )
 
 // ConnectivityState keeps a transport's connection state for its
@@ -14,8 +16,8 @@ import (
 // concurrent use; Up costs one atomic load while the state does not
 // change, so a transport may call it on every successful operation.
 type ConnectivityState struct {
-	up      atomic.Bool
-	secrets []string // replaced in error texts
+	up     atomic.Bool
+	redact *strings.Replacer // hides the secrets in error texts; nil when none
 
 	mu sync.Mutex
 	c  Connectivity
@@ -25,13 +27,7 @@ type ConnectivityState struct {
 // texts it records have every occurrence of each non-empty secret (the
 // password or token of the broker URL) replaced by "xxxxx".
 func NewConnectivityState(secrets ...string) *ConnectivityState {
-	s := &ConnectivityState{c: Connectivity{Since: time.Now()}}
-	for _, v := range secrets {
-		if v != "" {
-			s.secrets = append(s.secrets, v)
-		}
-	}
-	return s
+	return &ConnectivityState{c: Connectivity{Since: time.Now()}, redact: redactlog.Replacer(secrets)}
 }
 
 // Up records that the broker is reachable.
@@ -59,8 +55,8 @@ func (s *ConnectivityState) Down(err error) {
 	}
 	if err != nil {
 		text := err.Error()
-		for _, v := range s.secrets {
-			text = strings.ReplaceAll(text, v, "xxxxx")
+		if s.redact != nil {
+			text = s.redact.Replace(text)
 		}
 		s.c.LastError, s.c.LastErrorTime = text, now
 	}

@@ -10,30 +10,38 @@ import (
 	"strings"
 )
 
-// MinSecret is the length of the shortest secret replaced.
+// MinSecret is the length of the shortest secret the log handler
+// replaces: replacing every "a" of a log would make it unreadable and
+// hide nothing worth hiding.
 const MinSecret = 4
 
-// New returns h replacing every occurrence of each secret in messages and
-// in string, error and Stringer values (in groups too) with "xxxxx". A
-// user name equal to the password is replaced too ("amqp://guest:guest@"
-// is logged as "amqp://xxxxx:xxxxx@"). With no secrets (see Replacer) it
-// returns h itself, so a URL without a password costs nothing.
+// New returns h replacing every occurrence of each secret of at least
+// MinSecret bytes in messages and in string, error and Stringer values
+// (in groups too) with "xxxxx". A user name equal to the password is
+// replaced too ("amqp://guest:guest@" is logged as "amqp://xxxxx:xxxxx@").
+// With no such secret it returns h itself, so a URL without a password
+// costs nothing.
 func New(h slog.Handler, secrets []string) slog.Handler {
-	r := Replacer(secrets)
+	var long []string
+	for _, v := range secrets {
+		if len(v) >= MinSecret {
+			long = append(long, v)
+		}
+	}
+	r := Replacer(long)
 	if r == nil {
 		return h
 	}
 	return &handler{inner: h, r: r}
 }
 
-// Replacer returns a replacer of each secret with "xxxxx", for texts
-// shown elsewhere than in the log; nil when there is none. Secrets shorter
-// than MinSecret are left alone: replacing every "a" of a log would make
-// it unreadable and hide nothing worth hiding.
+// Replacer returns a replacer of each non-empty secret with "xxxxx", for
+// a single error text (a connection error, a poison store error); nil
+// when there is none.
 func Replacer(secrets []string) *strings.Replacer {
 	var pairs []string
 	for _, v := range secrets {
-		if len(v) >= MinSecret {
+		if v != "" {
 			pairs = append(pairs, v, "xxxxx")
 		}
 	}

@@ -45,3 +45,12 @@ func TestNoSecretsNoWrapper(t *testing.T) {
 		t.Errorf("New without secrets returned %T, want the handler itself", h)
 	}
 }
+
+func TestReplacerKeepsShortSecretsOutOfTheLogOnly(t *testing.T) {
+	if got := Replacer([]string{"abc", ""}).Replace("pw abc"); got != "pw xxxxx" {
+		t.Errorf("Replacer: %q, want the short secret replaced in an error text", got)
+	}
+	if Replacer([]string{""}) != nil {
+		t.Error("Replacer without secrets is not nil")
+	}
+}
